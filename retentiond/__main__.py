@@ -1,0 +1,7 @@
+"""`python -m retentiond`."""
+
+import sys
+
+from retentiond.cli import main
+
+sys.exit(main())

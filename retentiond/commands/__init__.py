@@ -1,0 +1,1 @@
+"""One module per user action; each function is both the CLI command and the Python API."""

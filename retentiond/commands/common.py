@@ -1,0 +1,41 @@
+"""What several commands share: loading the config and opening the state database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from retentiond.config import Config, LoadedConfig, load_config
+from retentiond.config.secrets import read_secret_file
+from retentiond.errors import RetentiondError
+from retentiond.state.db import create_state_engine, current_revision, head_revision, state_url
+
+
+def open_state(config_path: Path | None) -> tuple[LoadedConfig, Engine]:
+    """Load the config and connect to a state database that `init` has brought up to date."""
+    loaded = load_config(config_path)
+    engine = create_state_engine(state_url(loaded.config))
+    try:
+        revision = current_revision(engine)
+    except Exception as exc:  # noqa: BLE001 - any driver error means the same thing here
+        raise RetentiondError(f"cannot reach the state database: {type(exc).__name__}") from None
+    if revision != head_revision():
+        raise RetentiondError(
+            "the state database is not initialised or is out of date; run `retentiond init`"
+        )
+    return loaded, engine
+
+
+def read_signer_key(config: Config) -> str:
+    """The ledger signing key, refused when other users can read its file."""
+    return read_secret_file(config.ledger.signing_key_file, "ledger.signing_key_file")
+
+
+def sign_checkpoint(engine: Engine, config: Config) -> str:
+    """Sign and store a checkpoint of the ledger as it is now; returns the signed note."""
+    from retentiond.ledger.store import write_checkpoint
+
+    signer = read_signer_key(config)
+    with engine.begin() as conn:
+        return write_checkpoint(conn, signer)

@@ -1,0 +1,143 @@
+"""The run journal: batches recorded in the state database so no committed deletion goes unrecorded.
+
+Two ways to record a batch (see engine.BatchJournal): in the target's own transaction when the state
+database is the target database (`record_in`), or write-ahead otherwise: the candidate keys are
+committed first (`write_ahead`), the target deletes, then the batch is completed (`complete`). A batch
+left pending by a crash is settled at the next start from what is still present in the target.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from retentiond.ledger.digest import KeyDigest
+from retentiond.state.models import run_batch
+
+_LEN = struct.Struct(">I")
+
+
+def encode_keys(keys: Sequence[bytes]) -> bytes:
+    """Length-prefixed concatenation of keys (keys may hold any byte, newlines included)."""
+    return b"".join(_LEN.pack(len(k)) + k for k in keys)
+
+
+def decode_keys(blob: bytes) -> list[bytes]:
+    """The keys of `encode_keys`."""
+    keys: list[bytes] = []
+    offset = 0
+    while offset < len(blob):
+        (size,) = _LEN.unpack_from(blob, offset)
+        offset += _LEN.size
+        keys.append(blob[offset : offset + size])
+        offset += size
+    return keys
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What a run's completed batches add up to."""
+
+    items: int
+    bytes: int
+    digest: str
+    pending: int  # batches written ahead and never completed
+
+
+class StateJournal:
+    """A BatchJournal writing to the state database for one run."""
+
+    def __init__(self, engine: Engine, run_id: str, commitment_key: bytes, colocated: bool) -> None:
+        self._engine = engine
+        self._run_id = run_id
+        self._key = commitment_key
+        self._colocated = colocated
+
+    @property
+    def colocated(self) -> bool:
+        """True when the state database is the target database."""
+        return self._colocated
+
+    def _done_values(self, removed: Sequence[bytes], nbytes: int) -> dict[str, Any]:
+        digest = KeyDigest(self._key)
+        digest.update(removed)
+        return {
+            "state": "done",
+            "candidates": None,
+            "items": digest.count,
+            "bytes": nbytes,
+            "digest": digest.hexdigest(),
+        }
+
+    def write_ahead(self, keys: Sequence[bytes]) -> int:
+        """Commit the candidate keys of the next batch; returns its id."""
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                insert(run_batch).values(
+                    run_id=self._run_id,
+                    state="pending",
+                    candidates=encode_keys(keys),
+                    items=0,
+                    bytes=0,
+                    created_at=datetime.now(UTC),
+                )
+            )
+            batch_id = result.inserted_primary_key
+            assert batch_id is not None
+            return int(batch_id[0])
+
+    def complete(self, batch_id: int, removed: Sequence[bytes], nbytes: int) -> None:
+        """Record what a written-ahead batch really removed."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(run_batch)
+                .where(run_batch.c.id == batch_id)
+                .values(**self._done_values(removed, nbytes))
+            )
+
+    def record_in(self, connection: Any, removed: Sequence[bytes], nbytes: int) -> None:
+        """Record a batch inside the target's transaction (colocated state database only)."""
+        if not self._colocated:
+            raise RuntimeError("record_in needs the state database in the target database")
+        connection.execute(
+            insert(run_batch).values(
+                run_id=self._run_id,
+                created_at=datetime.now(UTC),
+                **self._done_values(removed, nbytes),
+            )
+        )
+
+
+def pending_batches(conn: Connection, run_id: str) -> Iterator[tuple[int, list[bytes]]]:
+    """(batch id, candidate keys) of every batch of a run that was written ahead, never completed."""
+    rows = conn.execute(
+        select(run_batch.c.id, run_batch.c.candidates).where(
+            run_batch.c.run_id == run_id, run_batch.c.state == "pending"
+        )
+    ).all()
+    for row in rows:
+        yield row.id, decode_keys(row.candidates or b"")
+
+
+def run_totals(conn: Connection, run_id: str, commitment_key: bytes) -> Totals:
+    """Add up the completed batches of a run."""
+    rows = conn.execute(
+        select(run_batch.c.state, run_batch.c.items, run_batch.c.bytes, run_batch.c.digest).where(
+            run_batch.c.run_id == run_id
+        )
+    ).all()
+    total = KeyDigest(commitment_key)
+    nbytes = pending = 0
+    for row in rows:
+        if row.state != "done":
+            pending += 1
+            continue
+        total.merge(KeyDigest.restore(commitment_key, row.digest, row.items))
+        nbytes += row.bytes
+    return Totals(items=total.count, bytes=nbytes, digest=total.hexdigest(), pending=pending)

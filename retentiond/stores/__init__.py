@@ -1,0 +1,1 @@
+"""Stores: where data lives (SQL databases, file trees, sealed copies) and how it is removed."""
