@@ -60,30 +60,41 @@ class StateJournal:
         self._colocated = colocated
 
     @property
+    def run_id(self) -> str:
+        """The run whose batches this journal records (targets name it in their own entries)."""
+        return self._run_id
+
+    @property
     def colocated(self) -> bool:
         """True when the state database is the target database."""
         return self._colocated
 
-    def _done_values(self, removed: Sequence[bytes], nbytes: int) -> dict[str, Any]:
+    def _done_values(
+        self, removed: Sequence[bytes], nbytes: int, items: int | None
+    ) -> dict[str, Any]:
         digest = KeyDigest(self._key)
         digest.update(removed)
         return {
             "state": "done",
             "candidates": None,
-            "items": digest.count,
+            "items": digest.count if items is None else items,
             "bytes": nbytes,
             "digest": digest.hexdigest(),
         }
 
-    def write_ahead(self, keys: Sequence[bytes]) -> int:
-        """Commit the candidate keys of the next batch; returns its id."""
+    def write_ahead(self, keys: Sequence[bytes], items: int | None = None) -> int:
+        """Commit the candidate keys of the next batch; returns its id.
+
+        `items` is how many rows the keys stand for when a key names a container (a table copy);
+        it is what a reconciled batch counts when all its candidates are gone.
+        """
         with self._engine.begin() as conn:
             result = conn.execute(
                 insert(run_batch).values(
                     run_id=self._run_id,
                     state="pending",
                     candidates=encode_keys(keys),
-                    items=0,
+                    items=len(keys) if items is None else items,
                     bytes=0,
                     created_at=datetime.now(UTC),
                 )
@@ -92,16 +103,20 @@ class StateJournal:
             assert batch_id is not None
             return int(batch_id[0])
 
-    def complete(self, batch_id: int, removed: Sequence[bytes], nbytes: int) -> None:
+    def complete(
+        self, batch_id: int, removed: Sequence[bytes], nbytes: int, items: int | None = None
+    ) -> None:
         """Record what a written-ahead batch really removed."""
         with self._engine.begin() as conn:
             conn.execute(
                 update(run_batch)
                 .where(run_batch.c.id == batch_id)
-                .values(**self._done_values(removed, nbytes))
+                .values(**self._done_values(removed, nbytes, items))
             )
 
-    def record_in(self, connection: Any, removed: Sequence[bytes], nbytes: int) -> None:
+    def record_in(
+        self, connection: Any, removed: Sequence[bytes], nbytes: int, items: int | None = None
+    ) -> None:
         """Record a batch inside the target's transaction (colocated state database only)."""
         if not self._colocated:
             raise RuntimeError("record_in needs the state database in the target database")
@@ -114,30 +129,48 @@ class StateJournal:
         )
 
 
-def pending_batches(conn: Connection, run_id: str) -> Iterator[tuple[int, list[bytes]]]:
-    """(batch id, candidate keys) of every batch of a run that was written ahead, never completed."""
+@dataclass(frozen=True)
+class PendingBatch:
+    """A batch written ahead and never completed: its candidates and the items they stand for."""
+
+    batch_id: int
+    candidates: list[bytes]
+    items: int
+
+    def settle(self, present: set[bytes]) -> tuple[list[bytes], int]:
+        """(removed keys, removed items) given which candidates are still present."""
+        removed = [k for k in self.candidates if k not in present]
+        if len(removed) == len(self.candidates):
+            return removed, self.items
+        return removed, len(removed)
+
+
+def pending_batches(conn: Connection, run_id: str) -> Iterator[PendingBatch]:
+    """Every batch of a run that was written ahead and never completed."""
     rows = conn.execute(
-        select(run_batch.c.id, run_batch.c.candidates).where(
+        select(run_batch.c.id, run_batch.c.candidates, run_batch.c.items).where(
             run_batch.c.run_id == run_id, run_batch.c.state == "pending"
         )
     ).all()
     for row in rows:
-        yield row.id, decode_keys(row.candidates or b"")
+        yield PendingBatch(row.id, decode_keys(row.candidates or b""), row.items)
 
 
 def run_totals(conn: Connection, run_id: str, commitment_key: bytes) -> Totals:
     """Add up the completed batches of a run."""
     rows = conn.execute(
-        select(run_batch.c.state, run_batch.c.items, run_batch.c.bytes, run_batch.c.digest).where(
-            run_batch.c.run_id == run_id
-        )
+        select(
+            run_batch.c.state, run_batch.c["items"], run_batch.c.bytes, run_batch.c.digest
+        ).where(run_batch.c.run_id == run_id)
     ).all()
     total = KeyDigest(commitment_key)
-    nbytes = pending = 0
+    items = nbytes = pending = 0
     for row in rows:
         if row.state != "done":
             pending += 1
             continue
-        total.merge(KeyDigest.restore(commitment_key, row.digest, row.items))
+        # Items and keys differ for containers (a dropped table is one key, many rows).
+        total.merge(KeyDigest.restore(commitment_key, row.digest, 0))
+        items += row.items
         nbytes += row.bytes
-    return Totals(items=total.count, bytes=nbytes, digest=total.hexdigest(), pending=pending)
+    return Totals(items=items, bytes=nbytes, digest=total.hexdigest(), pending=pending)

@@ -30,7 +30,7 @@ from retentiond.errors import ClockError, RetentiondError
 from retentiond.holds import holds_for_rule
 from retentiond.journal import StateJournal, pending_batches, run_totals
 from retentiond.ledger.store import append_entry, newest_entry_time
-from retentiond.state.models import run, rule_state
+from retentiond.state.models import rule_state, run
 from retentiond.stores.registry import make_target
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,7 @@ class Runner:
             holds=holds_for_rule(cfg, rule, conn, now),
             daemon=cfg.daemon,
             state_url=self.state.url,
+            kek_file=cfg.keys.kek_file,
         )
 
     def target(self, rule: Rule) -> Target:
@@ -209,7 +210,7 @@ class Runner:
             if refusal is not None:
                 return self._refuse(rule, run_id, plan, refusal, started)
             return self._execute(rule, run_id, target, plan, stop, started)
-        except Exception as exc:  # noqa: BLE001 - the run's boundary: record, report, go on
+        except Exception as exc:
             log.error(
                 "rule %s failed: %s",
                 rule.name,
@@ -285,7 +286,7 @@ class Runner:
         outcome: Outcome | None = None
         try:
             outcome = target.execute(plan, journal, stop)
-        except Exception as exc:  # noqa: BLE001 - recorded below with what did commit
+        except Exception as exc:
             failure = exc
         seq = self.finish_run(rule, run_id, plan, outcome, interrupted=False)
         if failure is not None:
@@ -329,7 +330,10 @@ class Runner:
                 fields["interrupted"] = True
             if rule.legal_basis:
                 fields["legal_basis"] = rule.legal_basis
-            seq = append_entry(conn, fields)
+            own = tuple(outcome.details.get("ledger_seqs", ())) if outcome else ()
+            # A shred appends its entries in the transactions that destroy the keys (safety rule
+            # 10: the state database records its own deletions in the same transaction).
+            seq = own[-1] if own else append_entry(conn, fields)
             conn.execute(
                 update(run)
                 .where(run.c.run_id == run_id)
@@ -362,9 +366,9 @@ class Runner:
             journal = StateJournal(self.state, row.run_id, self.commitment_key, False)
             with self.state.connect() as conn:
                 pending = list(pending_batches(conn, row.run_id))
-            for batch_id, candidates in pending:
-                present = target.still_present(candidates)
-                journal.complete(batch_id, [k for k in candidates if k not in present], 0)
+            for batch in pending:
+                removed, items = batch.settle(target.still_present(batch.candidates))
+                journal.complete(batch.batch_id, removed, 0, items)
             plan = Plan(**{**json.loads(row.plan_json), "cutoff": as_utc(row.cutoff)})
             self.finish_run(rule, row.run_id, plan, None, interrupted=True)
             settled.append(row.run_id)

@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 
 
-def write_config(directory: Path, body: str, *, state_url: str | None = None, name: str = "config.toml") -> Path:
+def write_config(
+    directory: Path, body: str, *, state_url: str | None = None, name: str = "config.toml"
+) -> Path:
     """Write a config with [daemon], [ledger] and [keys] pointing inside `directory`, then `body`."""
     directory.mkdir(parents=True, exist_ok=True)
     state = state_url or f"sqlite:///{directory / 'state.db'}"
@@ -15,10 +17,10 @@ state_url = "{state}"
 
 [ledger]
 origin = "test.example.org/retentiond"
-signing_key_file = "{directory / 'ledger.key'}"
+signing_key_file = "{directory / "ledger.key"}"
 
 [keys]
-kek_file = "{directory / 'kek'}"
+kek_file = "{directory / "kek"}"
 
 {body}
 """

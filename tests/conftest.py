@@ -94,10 +94,19 @@ def engine_for() -> Iterator[list[Engine]]:
         engine.dispose()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, stdin: bytes | None = None,
-            cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdin: bytes | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m retentiond ARGS` as a user would; returns the finished process."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTIOND_") or k.startswith("RETENTIOND_TEST_")}
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("RETENTIOND_") or k.startswith("RETENTIOND_TEST_")
+    }
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "retentiond", *args],

@@ -9,8 +9,8 @@ import pytest
 
 from retentiond.config import load_config
 from retentiond.errors import ConfigError
-from tests.conftest import run_cli
 from tests.configs import write_config
+from tests.conftest import run_cli
 
 SQL_STORE = """
 [stores.lims]
@@ -53,7 +53,11 @@ BAD_CONFIGS = [
     ("unknown top-level section", "[colours]\nx = 1", "colours"),
     ("unknown daemon key", "[daemon2]\nx = 1", "daemon2"),
     ("unknown rule key", SQL_STORE + rule(retention='"10y"'), "rules[0].retention"),
-    ("unknown store key", SQL_STORE.replace('kind = "sql"', 'kind = "sql"\nhost = "x"'), "stores.lims.host"),
+    (
+        "unknown store key",
+        SQL_STORE.replace('kind = "sql"', 'kind = "sql"\nhost = "x"'),
+        "stores.lims.host",
+    ),
     ("bad duration words", SQL_STORE + rule(retain='"10 years"'), "rules[0].retain"),
     ("bad ISO duration", SQL_STORE + rule(retain='"P10X"'), "rules[0].retain"),
     ("zero retention", SQL_STORE + rule(retain='"0d"'), "rules[0].retain"),
@@ -74,27 +78,71 @@ BAD_CONFIGS = [
     ("mask without columns", SQL_STORE + rule(action='"mask"'), "rules[0].columns"),
     ("drop without since", SQL_STORE + rule(action='"drop"', age_column=""), "rules[0].since"),
     ("glob on a sql rule", SQL_STORE + rule(glob='"*.csv"'), "rules[0].glob"),
-    ("mask on files", FILES_STORE + '\n[[rules]]\nname = "x"\nstore = "transfer"\nglob = "*"\nretain = "1d"\naction = "mask"\n', "rules[0].action"),
-    ("glob escaping the root", FILES_STORE + '\n[[rules]]\nname = "x"\nstore = "transfer"\nglob = "../*"\nretain = "1d"\naction = "delete"\n', "rules[0].glob"),
+    (
+        "mask on files",
+        FILES_STORE
+        + '\n[[rules]]\nname = "x"\nstore = "transfer"\nglob = "*"\nretain = "1d"\naction = "mask"\n',
+        "rules[0].action",
+    ),
+    (
+        "glob escaping the root",
+        FILES_STORE
+        + '\n[[rules]]\nname = "x"\nstore = "transfer"\nglob = "../*"\nretain = "1d"\naction = "delete"\n',
+        "rules[0].glob",
+    ),
     ("relative files root", '[stores.t]\nkind = "files"\nroot = "srv"', "stores.t.root"),
     ("unknown store kind", '[stores.t]\nkind = "ftp"\nroot = "/srv"', "stores.t"),
     ("bad URL scheme", '[stores.t]\nkind = "sql"\nurl = "oracle://x"', "stores.t.url"),
-    ("missing password file", SQL_STORE.replace('kind = "sql"', 'kind = "sql"\npassword_file = "/nonexistent/pw"'), "stores.lims.password_file"),
+    (
+        "missing password file",
+        SQL_STORE.replace('kind = "sql"', 'kind = "sql"\npassword_file = "/nonexistent/pw"'),
+        "stores.lims.password_file",
+    ),
     ("bad schedule", SQL_STORE + rule(schedule='"sometimes"'), "rules[0].schedule"),
     ("bad cron", SQL_STORE + rule(schedule='"61 * * * *"'), "rules[0].schedule"),
-    ("hold on unknown rule", SQL_STORE + rule() + '\n[[holds]]\nrule = "nope"\nreason = "case 1"\n', "holds[0].rule"),
-    ("hold without reason", SQL_STORE + rule() + '\n[[holds]]\nrule = "results"\n', "holds[0].reason"),
-    ("hold with empty values", SQL_STORE + rule() + '\n[[holds]]\nrule = "results"\nwhere = { patient_id = [] }\nreason = "case 1"\n', "holds[0].where"),
-    ("hold with bad date", SQL_STORE + rule() + '\n[[holds]]\nrule = "results"\nreason = "case 1"\nuntil = "someday"\n', "holds[0].until"),
+    (
+        "hold on unknown rule",
+        SQL_STORE + rule() + '\n[[holds]]\nrule = "nope"\nreason = "case 1"\n',
+        "holds[0].rule",
+    ),
+    (
+        "hold without reason",
+        SQL_STORE + rule() + '\n[[holds]]\nrule = "results"\n',
+        "holds[0].reason",
+    ),
+    (
+        "hold with empty values",
+        SQL_STORE
+        + rule()
+        + '\n[[holds]]\nrule = "results"\nwhere = { patient_id = [] }\nreason = "case 1"\n',
+        "holds[0].where",
+    ),
+    (
+        "hold with bad date",
+        SQL_STORE
+        + rule()
+        + '\n[[holds]]\nrule = "results"\nreason = "case 1"\nuntil = "someday"\n',
+        "holds[0].until",
+    ),
     ("bad metrics listen", '[metrics]\nlisten = "9464"', "metrics.listen"),
-    ("plain password in basic auth", '[metrics]\nbasic_auth_users = { p = "secret" }', "metrics.basic_auth_users"),
-    ("shred rule with a store", SQL_STORE + '\n[[rules]]\nname = "s"\nstore = "lims"\naction = "shred"\n', "rules[0].store"),
+    (
+        "plain password in basic auth",
+        '[metrics]\nbasic_auth_users = { p = "secret" }',
+        "metrics.basic_auth_users",
+    ),
+    (
+        "shred rule with a store",
+        SQL_STORE + '\n[[rules]]\nname = "s"\nstore = "lims"\naction = "shred"\n',
+        "rules[0].store",
+    ),
     ("rule name with space", SQL_STORE + rule(name='"lab results"'), "rules[0].name"),
 ]
 
 
 @pytest.mark.parametrize(("name", "body", "key"), BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
-def test_bad_config_is_refused_naming_the_key(tmp_path: Path, name: str, body: str, key: str) -> None:
+def test_bad_config_is_refused_naming_the_key(
+    tmp_path: Path, name: str, body: str, key: str
+) -> None:
     path = write_config(tmp_path, body)
     result = run_cli("check", "-c", str(path))
     assert result.returncode == 2, result.stderr
@@ -103,7 +151,9 @@ def test_bad_config_is_refused_naming_the_key(tmp_path: Path, name: str, body: s
 
 
 def test_several_errors_are_reported_together(tmp_path: Path) -> None:
-    path = write_config(tmp_path, SQL_STORE + rule(retain='"10 years"', table='"a;b"', max_fraction="3"))
+    path = write_config(
+        tmp_path, SQL_STORE + rule(retain='"10 years"', table='"a;b"', max_fraction="3")
+    )
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     keys = " ".join(caught.value.messages)

@@ -10,8 +10,8 @@ import pytest
 
 from retentiond.config import load_config, rule_hash
 from retentiond.duration import parse_duration
-from tests.conftest import run_cli
 from tests.configs import write_config
+from tests.conftest import run_cli
 from tests.test_config_errors import GOOD_RULE, SQL_STORE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,9 +46,13 @@ def test_bad_environment_override_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_defaults_for_copies_allow_removing_everything(tmp_path: Path) -> None:
-    body = SQL_STORE + GOOD_RULE + (
-        '\n[[rules]]\nname = "copy"\nstore = "lims"\ntable = "staging.x"\n'
-        'since = 2026-01-01\nretain = "30d"\naction = "drop"\n'
+    body = (
+        SQL_STORE
+        + GOOD_RULE
+        + (
+            '\n[[rules]]\nname = "copy"\nstore = "lims"\ntable = "staging.x"\n'
+            'since = 2026-01-01\nretain = "30d"\naction = "drop"\n'
+        )
     )
     config = load_config(write_config(tmp_path, body)).config
     assert config.rule("results").effective_max_fraction == 0.5
@@ -73,7 +77,9 @@ def test_durations_are_calendar_aware() -> None:
     assert parse_duration("PT12H").subtract_from(leap) == datetime(2024, 2, 28, 12, tzinfo=UTC)
 
 
-def test_credential_is_read_from_credentials_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_credential_is_read_from_credentials_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from retentiond.config.secrets import store_url
 
     creds = tmp_path / "creds"

@@ -34,7 +34,7 @@ def _sql_store_problems(config: Config, name: str, store: SqlStore) -> list[tupl
                     and (h.rule == rule.name or (h.rule is None and h.table == rule.table))
                 ]
                 problems += rule_problems(conn, rule, f"rules[{index}]", holds)
-    except Exception as exc:  # noqa: BLE001 - the driver's message may quote the URL; keep our own
+    except Exception as exc:
         raise RetentiondError(
             f"stores.{name}: cannot connect to {redacted(url)} ({type(exc).__name__})"
         ) from None

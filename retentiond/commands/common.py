@@ -18,7 +18,7 @@ def open_state(config_path: Path | None) -> tuple[LoadedConfig, Engine]:
     engine = create_state_engine(state_url(loaded.config))
     try:
         revision = current_revision(engine)
-    except Exception as exc:  # noqa: BLE001 - any driver error means the same thing here
+    except Exception as exc:
         raise RetentiondError(f"cannot reach the state database: {type(exc).__name__}") from None
     if revision != head_revision():
         raise RetentiondError(
@@ -34,8 +34,7 @@ def read_signer_key(config: Config) -> str:
 
 def sign_checkpoint(engine: Engine, config: Config) -> str:
     """Sign and store a checkpoint of the ledger as it is now; returns the signed note."""
-    from retentiond.ledger.store import write_checkpoint
+    from retentiond.ledger.signing import checkpoint_now
 
-    signer = read_signer_key(config)
-    with engine.begin() as conn:
-        return write_checkpoint(conn, signer)
+    # Also keeps a copy beside the signing key, which is how `verify` sees a checkpoint rollback.
+    return checkpoint_now(engine, config.ledger.signing_key_file)

@@ -11,6 +11,7 @@ from retentiond.config.secrets import loose_permissions, redacted
 from retentiond.errors import RetentiondError
 from retentiond.fileutil import write_private_file
 from retentiond.ledger.note import generate_signer_key
+from retentiond.ledger.store import ensure_ledger
 from retentiond.state.db import create_state_engine, state_url, upgrade
 
 
@@ -34,6 +35,7 @@ def init(config_path: Path | None, out: TextIO) -> int:
         _check_private(cfg.keys.kek_file, "keys.kek_file")
         with engine.begin() as conn:
             keystore.ensure_commitment_key(conn, cfg.keys.kek_file)
+            ensure_ledger(conn, cfg.ledger.origin)
     finally:
         engine.dispose()
     state = (

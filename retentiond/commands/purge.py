@@ -12,7 +12,7 @@ from retentiond.commands.common import open_state, sign_checkpoint
 from retentiond.config import Config, Rule
 from retentiond.engine import Plan
 from retentiond.errors import RetentiondError, UsageError
-from retentiond.runner import RunReport, Runner
+from retentiond.runner import Runner, RunReport
 
 
 def selected_rules(config: Config, name: str | None) -> list[Rule]:
@@ -62,7 +62,7 @@ def plan(config_path: Path | None, rule: str | None, as_json: bool, out: TextIO)
             plans.append(runner.plan(item))
         except RetentiondError as exc:
             errors.append((item.name, str(exc)))
-        except Exception as exc:  # noqa: BLE001 - one rule's failure does not hide the others
+        except Exception as exc:
             errors.append((item.name, type(exc).__name__))
     if as_json:
         data = {

@@ -17,9 +17,9 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import (
     BaseSettings,
-    SettingsError,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from retentiond.config.crossref import cross_check

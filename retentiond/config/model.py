@@ -21,7 +21,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
 from pydantic_settings import NoDecode
 
 from retentiond.duration import Duration, parse_duration

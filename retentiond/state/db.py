@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from alembic import command as alembic_command
@@ -46,7 +47,10 @@ def create_state_engine(url: URL | str) -> Engine:
     parsed = make_url(url) if isinstance(url, str) else url
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # Holds and wrapped keys live here: private from birth (SQLite's -wal and -shm files
+            # take the database file's mode).
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.close(os.open(parsed.database, os.O_CREAT | os.O_RDWR, 0o600))
         engine = create_engine(parsed, connect_args={"timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
