@@ -50,15 +50,23 @@ class Outcome:
 class BatchJournal(Protocol):
     """Where a target reports its batches so that no committed deletion goes unrecorded."""
 
-    def write_ahead(self, keys: Sequence[bytes]) -> int:
+    # `items`: how many rows the keys stand for when a key names a container (a dropped partition
+    # or table copy is one key, its qualified name, but many rows). None means one item per key.
+    # A reconciled batch whose candidates are all gone counts the `items` given to `write_ahead`.
+
+    def write_ahead(self, keys: Sequence[bytes], items: int | None = None) -> int:
         """Record the candidate keys of the next batch before deleting them; returns a batch id."""
         ...
 
-    def complete(self, batch_id: int, removed: Sequence[bytes], nbytes: int) -> None:
+    def complete(
+        self, batch_id: int, removed: Sequence[bytes], nbytes: int, items: int | None = None
+    ) -> None:
         """Record what the batch announced by `write_ahead` really removed."""
         ...
 
-    def record_in(self, connection: Any, removed: Sequence[bytes], nbytes: int) -> None:
+    def record_in(
+        self, connection: Any, removed: Sequence[bytes], nbytes: int, items: int | None = None
+    ) -> None:
         """Record a batch through the target's own connection, inside its transaction.
 
         Only valid when `colocated` is true: the state database is the target's database, so the
@@ -114,3 +122,4 @@ class TargetContext:
     holds: tuple[HoldSpec, ...]  # the holds that apply to this rule
     daemon: Any  # retentiond.config.model.DaemonSection: budgets and timeouts
     state_url: Any  # sqlalchemy URL of the state database (to detect colocation)
+    kek_file: Any = None  # Path of [keys] kek_file: the keystore that shred rules destroy keys in
