@@ -183,6 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
     for lp in lsub.choices.values():
         _config_option(lp, top=False)
 
+    config = add(
+        "config",
+        "tools for the config file",
+        "retentiond config schema > retentiond.schema.json",
+    )
+    csub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    csub.add_parser(
+        "schema",
+        **_help(
+            "print the JSON Schema of the config, for editors",
+            "retentiond config schema > retentiond.schema.json",
+        ),
+    )
     p = add(
         "demo",
         "a self-contained demonstration on SQLite and a temporary folder",
@@ -249,6 +262,10 @@ def _dispatch(args: argparse.Namespace) -> int:
                     return ledger.proof(cfg, args.seq, args.output, out)
                 case "check-proof":
                     return ledger.check_proof(args.proof_file, args.public_key, out)
+        case "config":
+            from retentiond.commands.check import schema
+
+            return schema(out)
         case "demo":
             from retentiond.commands.demo import demo
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -79,4 +80,12 @@ def check(config_path: Path | None, connect: bool, out: TextIO) -> int:
     what = f"{len(cfg.stores)} stores, {len(cfg.rules)} rules, {len(cfg.holds)} holds"
     reached = "; every store reached, every table and column found" if connect else ""
     print(f"{loaded.path}: configuration is valid ({what}){reached}", file=out)
+    return 0
+
+
+def schema(out: TextIO) -> int:
+    """Print the JSON Schema of the config file (generated from the same models that load it)."""
+    from retentiond.config.reference import json_schema
+
+    print(json.dumps(json_schema(), indent=2), file=out)
     return 0

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -47,13 +48,24 @@ def _schedule(value: Any) -> Schedule:
 
 # NoDecode: an environment override such as RETENTIOND_DAEMON__SCHEDULE="every 2h" is plain text.
 DurationValue = Annotated[
-    Duration, BeforeValidator(_duration), PlainSerializer(str, return_type=str), NoDecode
+    Duration,
+    BeforeValidator(_duration),
+    PlainSerializer(str, return_type=str),
+    NoDecode,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^(\s*\d+\s*(s|m|h|d|w|mo|y)\s*|P.+)$",
+            "examples": ["30d", "6w", "10y", "P10Y"],
+        }
+    ),
 ]
 ScheduleValue = Annotated[
     Schedule,
     BeforeValidator(_schedule),
     PlainSerializer(lambda s: s.text, return_type=str),
     NoDecode,
+    WithJsonSchema({"type": "string", "examples": ["every 1h", "0 3 * * *"]}),
 ]
 
 
@@ -181,7 +193,7 @@ class KeysSection(Section):
 class SqlStore(Section):
     """A database reached through SQLAlchemy."""
 
-    kind: Literal["sql"]
+    kind: Literal["sql"] = Field(description="A database reached through SQLAlchemy.")
     url: str = Field(
         description="SQLAlchemy URL: postgresql+psycopg://, mysql+pymysql:// or sqlite:///. "
         "Put the password in password_file, not here."
@@ -210,7 +222,7 @@ class SqlStore(Section):
 class FilesStore(Section):
     """A directory tree."""
 
-    kind: Literal["files"]
+    kind: Literal["files"] = Field(description="A directory tree.")
     root: Path = Field(description="Absolute path of the store root; nothing outside is touched.")
 
     @field_validator("root")
