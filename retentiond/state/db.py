@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command as alembic_command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
 
@@ -16,7 +14,12 @@ import migrations
 from retentiond.config.model import Config
 from retentiond.config.secrets import read_secret_file
 
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
 MIGRATIONS_DIR = Path(migrations.__file__).parent
+# Alembic is imported where it is used: it weighs about 11 MB of memory, which the long-running
+# daemon would otherwise carry for a check it makes once, at start, in a short-lived child.
 
 
 def state_url(config: Config) -> URL:
@@ -50,7 +53,12 @@ def create_state_engine(url: URL | str) -> Engine:
             # Holds and wrapped keys live here: private from birth (SQLite's -wal and -shm files
             # take the database file's mode).
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.close(os.open(parsed.database, os.O_CREAT | os.O_RDWR, 0o600))
+            # O_EXCL: never open and close a database file that exists. Closing any descriptor of
+            # a file drops every POSIX lock this process holds on it, so SQLite connections
+            # already open here would lose their locks and another process could reset the WAL
+            # under them, losing committed transactions.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(parsed.database, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
         engine = create_engine(parsed, connect_args={"timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -59,6 +67,8 @@ def create_state_engine(url: URL | str) -> Engine:
 
 def alembic_config() -> AlembicConfig:
     """Alembic's config pointing at the migrations shipped with the package."""
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     return cfg
@@ -66,6 +76,8 @@ def alembic_config() -> AlembicConfig:
 
 def head_revision() -> str:
     """The newest migration's revision id."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
@@ -73,12 +85,16 @@ def head_revision() -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at (None for an empty database)."""
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Upgrade the schema to head; returns (revision before, revision after)."""
+    from alembic import command as alembic_command
+
     before = current_revision(engine)
     cfg = alembic_config()
     with engine.begin() as conn:

@@ -25,7 +25,13 @@ metadata = MetaData()
 ledger_entry = Table(
     "ledger_entry",
     metadata,
-    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    # On SQLite, INTEGER makes seq the rowid: entries are stored and scanned in seq order.
+    Column(
+        "seq",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=False,
+    ),
     Column("entry", Text, nullable=False),
     Column("leaf_hash", LargeBinary(32), nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False),

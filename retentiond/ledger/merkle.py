@@ -1,0 +1,248 @@
+"""The Merkle tree of RFC 6962 (section 2.1), its proofs and their verification; pure, no I/O.
+
+Leaf hash SHA-256(0x00 || entry), node hash SHA-256(0x01 || left || right); the root of the empty
+tree is SHA-256 of nothing. Proof verification follows RFC 9162 sections 2.1.3.2 and 2.1.4.2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+HASH_SIZE = 32
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+_sha256 = hashlib.sha256
+
+
+class ProofError(ValueError):
+    """A proof that does not verify, or arguments no proof can have."""
+
+
+def leaf_hash(data: bytes) -> bytes:
+    """SHA-256(0x00 || data): the hash of one entry."""
+    return _sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    """SHA-256(0x01 || left || right): the hash of an interior node."""
+    return _sha256(b"\x01" + left + right).digest()
+
+
+class CompactRange:
+    """The right edge of a tree: the roots of its perfect subtrees, largest first.
+
+    A tree of n leaves has one such root per set bit of n, so an append costs O(log n) hashes (one
+    on average) without reading earlier leaves, and the edge serialises to a few hundred bytes.
+    """
+
+    __slots__ = ("_hashes", "size")
+
+    def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
+        if size < 0 or len(hashes) != size.bit_count():
+            raise ValueError("a compact range holds one hash per set bit of its size")
+        self.size = size
+        self._hashes = list(hashes)
+
+    @classmethod
+    def from_bytes(cls, size: int, data: bytes) -> CompactRange:
+        """Rebuild from `to_bytes` output."""
+        if len(data) != HASH_SIZE * size.bit_count():
+            raise ValueError("frontier length does not match the tree size")
+        hashes = [data[i : i + HASH_SIZE] for i in range(0, len(data), HASH_SIZE)]
+        return cls(size, hashes)
+
+    def to_bytes(self) -> bytes:
+        """The concatenated subtree roots, largest first."""
+        return b"".join(self._hashes)
+
+    def copy(self) -> CompactRange:
+        """An independent copy."""
+        return CompactRange(self.size, self._hashes)
+
+    def append(self, leaf: bytes) -> None:
+        """Add the leaf hash `leaf` at index `size`."""
+        hashes = self._hashes
+        n = self.size
+        while n & 1:
+            leaf = _sha256(b"\x01" + hashes.pop() + leaf).digest()
+            n >>= 1
+        hashes.append(leaf)
+        self.size += 1
+
+    def extend(self, leaves: Iterable[bytes]) -> None:
+        """Append every leaf hash of `leaves`."""
+        for leaf in leaves:
+            self.append(leaf)
+
+    def root(self) -> bytes:
+        """The RFC 6962 root hash of the tree so far."""
+        if not self._hashes:
+            return EMPTY_ROOT
+        root = self._hashes[-1]
+        for left in reversed(self._hashes[:-1]):
+            root = _sha256(b"\x01" + left + root).digest()
+        return root
+
+
+def root_of(leaves: Iterable[bytes]) -> bytes:
+    """The root hash of a tree with these leaf hashes (MTH of RFC 6962)."""
+    edge = CompactRange()
+    edge.extend(leaves)
+    return edge.root()
+
+
+def _split(n: int) -> int:
+    # The largest power of two smaller than n (n >= 2): where RFC 6962 splits a tree.
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def inclusion_ranges(index: int, size: int) -> list[tuple[int, int]]:
+    """The leaf ranges [start, end) whose roots form PATH(index, D[size]), leaf side first."""
+    if not 0 <= index < size:
+        raise ProofError("the index must be inside the tree")
+    path: list[tuple[int, int]] = []
+    start, end = 0, size
+    while end - start > 1:
+        k = _split(end - start)
+        if index < start + k:
+            path.append((start + k, end))
+            end = start + k
+        else:
+            path.append((start, start + k))
+            start += k
+    path.reverse()
+    return path
+
+
+def consistency_ranges(first: int, second: int) -> list[tuple[int, int]]:
+    """The leaf ranges whose roots form PROOF(first, D[second]) of RFC 6962 section 2.1.2."""
+    if not 0 <= first <= second:
+        raise ProofError("the first tree must not be larger than the second")
+    if first in (0, second):
+        return []
+    path: list[tuple[int, int]] = []
+    m, start, end, whole = first, 0, second, True
+    while True:
+        n = end - start
+        if m == n:
+            if not whole:
+                path.append((start, end))
+            break
+        k = _split(n)
+        if m <= k:
+            path.append((start + k, end))
+            end = start + k
+        else:
+            path.append((start, start + k))
+            m -= k
+            start += k
+            whole = False
+    path.reverse()
+    return path
+
+
+def range_roots(ranges: Sequence[tuple[int, int]], leaves: Iterable[bytes]) -> list[bytes]:
+    """The root of each range, reading the leaf hashes once, in order, from index 0."""
+    order = sorted(range(len(ranges)), key=lambda i: ranges[i][0])
+    roots: list[bytes] = [b""] * len(ranges)
+    pending = iter(order)
+    current = next(pending, None)
+    edge = CompactRange()
+    for position, leaf in enumerate(leaves):
+        if current is None:
+            break
+        start, end = ranges[current]
+        if position < start:
+            continue
+        edge.append(leaf)
+        if position + 1 == end:
+            roots[current] = edge.root()
+            edge = CompactRange()
+            current = next(pending, None)
+    if current is not None:
+        raise ProofError("fewer leaves than the proof needs")
+    return roots
+
+
+def inclusion_proof(leaves: Sequence[bytes], index: int, size: int) -> list[bytes]:
+    """PATH(index, D[size]) over these leaf hashes."""
+    return [root_of(leaves[a:b]) for a, b in inclusion_ranges(index, size)]
+
+
+def consistency_proof(leaves: Sequence[bytes], first: int, second: int) -> list[bytes]:
+    """PROOF(first, D[second]) over these leaf hashes."""
+    return [root_of(leaves[a:b]) for a, b in consistency_ranges(first, second)]
+
+
+def root_from_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes]) -> bytes:
+    """The root that `proof` gives for `leaf` at `index` in a tree of `size` (RFC 9162 2.1.3.2)."""
+    if not 0 <= index < size:
+        raise ProofError("the index must be inside the tree")
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if len(p) != HASH_SIZE or sn == 0:
+            raise ProofError("inclusion proof has the wrong shape")
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ProofError("inclusion proof is too short")
+    return r
+
+
+def verify_inclusion(
+    index: int, size: int, leaf: bytes, proof: Sequence[bytes], root: bytes
+) -> None:
+    """Raise ProofError unless `proof` shows `leaf` at `index` under `root`."""
+    if root_from_inclusion(index, size, leaf, proof) != root:
+        raise ProofError("inclusion proof does not lead to the root")
+
+
+def verify_consistency(
+    first: int, second: int, first_root: bytes, second_root: bytes, proof: Sequence[bytes]
+) -> None:
+    """Raise ProofError unless `proof` shows that tree `second` extends tree `first`.
+
+    RFC 9162 section 2.1.4.2; the empty tree is consistent with any tree.
+    """
+    if not 0 <= first <= second:
+        raise ProofError("the first tree must not be larger than the second")
+    if first == second:
+        if proof or first_root != second_root:
+            raise ProofError("trees of one size must have one root and an empty proof")
+        return
+    if first == 0:
+        if proof:
+            raise ProofError("the empty tree needs an empty proof")
+        return
+    if not proof or any(len(p) != HASH_SIZE for p in proof):
+        raise ProofError("consistency proof has the wrong shape")
+    path = list(proof)
+    if first & (first - 1) == 0:
+        path.insert(0, first_root)
+    fn, sn = first - 1, second - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            raise ProofError("consistency proof is too long")
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0 or fr != first_root or sr != second_root:
+        raise ProofError("consistency proof does not lead to both roots")
