@@ -198,6 +198,7 @@ glob = "**/*.csv"
 retain = "7d"
 action = "delete"
 prune_empty_dirs = true
+max_fraction = 0.9       # a transfer folder is mostly old exports: allow up to 90% per run
 
 [[rules]]
 name = "migration-folder"

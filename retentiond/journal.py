@@ -124,7 +124,7 @@ class StateJournal:
             insert(run_batch).values(
                 run_id=self._run_id,
                 created_at=datetime.now(UTC),
-                **self._done_values(removed, nbytes),
+                **self._done_values(removed, nbytes, items),
             )
         )
 
@@ -148,7 +148,7 @@ class PendingBatch:
 def pending_batches(conn: Connection, run_id: str) -> Iterator[PendingBatch]:
     """Every batch of a run that was written ahead and never completed."""
     rows = conn.execute(
-        select(run_batch.c.id, run_batch.c.candidates, run_batch.c.items).where(
+        select(run_batch.c.id, run_batch.c.candidates, run_batch.c["items"]).where(
             run_batch.c.run_id == run_id, run_batch.c.state == "pending"
         )
     ).all()

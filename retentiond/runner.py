@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -131,6 +132,9 @@ def _save_rule_state(conn: Connection, rule: Rule, report: RunReport, success: b
         values["last_success_at"] = now
     if report.outcome is not None:
         values["overdue_items"] = report.outcome.remaining_expired
+    elif report.plan is not None:
+        # A refused or failed run vouches for no removal: all that the plan found expired is overdue.
+        values["overdue_items"] = report.plan.expired_items
     if report.plan is not None:
         values["held_items"] = report.plan.held_items
         values["oldest_item_age_seconds"] = report.plan.oldest_age_seconds
@@ -345,13 +349,22 @@ class Runner:
             )
         return seq
 
-    def reconcile(self) -> list[str]:
-        """Settle runs interrupted by a crash: complete pending batches, write their ledger entries."""
+    def reconcile(
+        self, rules: Collection[str] | None = None, gone_owners: Collection[str] = ()
+    ) -> list[str]:
+        """Settle runs interrupted by a crash: complete pending batches, write their ledger entries.
+
+        `rules` limits this to runs of those rules (the daemon passes the rules whose lease it
+        holds, so that two daemons never settle one run); `gone_owners` names owners on other hosts
+        known to be dead (their lease expired unreleased).
+        """
         settled: list[str] = []
         with self.state.connect() as conn:
             open_runs = conn.execute(select(run).where(run.c.status == "running")).all()
         for row in open_runs:
-            if not _owner_gone(row.owner):
+            if rules is not None and row.rule not in rules:
+                continue
+            if row.owner not in gone_owners and not _owner_gone(row.owner):
                 continue
             try:
                 rule = self.loaded.config.rule(row.rule)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import shutil
 import sqlite3
 import tempfile
@@ -37,8 +38,11 @@ def _facts(ws: Workspace) -> dict[str, int]:
     """What is really in the workspace now, counted directly (not from the engine's reports)."""
     cutoff = (datetime.now(UTC) - timedelta(days=3652.5)).strftime("%Y-%m-%d %H:%M:%S")
     conn = sqlite3.connect(ws.database)
+
+    def one(sql: str, *args: object) -> int:
+        return int(conn.execute(sql, args).fetchone()[0])
+
     try:
-        one = lambda sql, *args: int(conn.execute(sql, args).fetchone()[0])  # noqa: E731
         held = ",".join(str(p) for p in HELD_PATIENTS)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         facts = {
@@ -63,8 +67,11 @@ def _facts(ws: Workspace) -> dict[str, int]:
 
 def demo(directory: Path | None, clean: bool, out: TextIO) -> int:
     """Build a demo workspace, then init, check, plan, apply and verify on it with the real engine."""
-    from retentiond.commands import check, init, ledger, purge
+    from retentiond.commands import check, init, purge
+    from retentiond.commands import ledger as ledger_commands
 
+    # The steps print their own results; the engine's per-rule log lines would only repeat them.
+    logging.getLogger("retentiond").setLevel(logging.WARNING)
     root = directory or Path(tempfile.mkdtemp(prefix="retentiond-demo-"))
     if directory is not None and directory.exists() and any(directory.iterdir()):
         raise UsageError(f"--dir: {directory} is not empty; give a new or empty folder")
@@ -83,7 +90,7 @@ def demo(directory: Path | None, clean: bool, out: TextIO) -> int:
         _step(out, "retentiond check --connect", lambda o: check.check(cfg, True, o)),
         _step(out, "retentiond plan", lambda o: purge.plan(cfg, None, False, o)),
         _step(out, "retentiond apply", lambda o: purge.apply(cfg, None, False, o)),
-        _step(out, "retentiond ledger verify", lambda o: ledger.verify(cfg, None, o)),
+        _step(out, "retentiond ledger verify", lambda o: ledger_commands.verify(cfg, None, o)),
     ]
     after = _facts(ws)
     print("\n==> what changed (counted directly in the workspace)", file=out)

@@ -32,7 +32,7 @@ ENV_PATH = "RETENTIOND_CONFIG"
 _STORE_KINDS = {"sql", "files"}
 
 
-class _EnvConfig(Config, BaseSettings):  # type: ignore[misc]
+class _EnvConfig(Config, BaseSettings):
     """The config model with `RETENTIOND_SECTION__KEY` environment variables on top of the file."""
 
     model_config = SettingsConfigDict(

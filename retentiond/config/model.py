@@ -372,9 +372,9 @@ class Hold(Section):
 class Config(Section):
     """The whole config file."""
 
-    daemon: DaemonSection = Field(default_factory=DaemonSection)  # type: ignore[arg-type]
-    metrics: MetricsSection = Field(default_factory=MetricsSection)  # type: ignore[arg-type]
-    ledger: LedgerSection = Field(default_factory=LedgerSection)  # type: ignore[arg-type]
+    daemon: DaemonSection = Field(default_factory=DaemonSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    ledger: LedgerSection = Field(default_factory=LedgerSection)
     keys: KeysSection = Field(default_factory=KeysSection)
     stores: dict[str, Store] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
