@@ -72,6 +72,12 @@ def test_init_on_postgresql_twice(tmp_path: Path, pg_database: str) -> None:
     _init_twice(tmp_path, pg_database)
 
 
+def test_schema_revision_constant_is_the_migrations_head() -> None:
+    from retentiond.state.db import SCHEMA_REVISION
+
+    assert head_revision() == SCHEMA_REVISION, "bump SCHEMA_REVISION with each new migration"
+
+
 def test_commands_before_init_say_what_to_do(tmp_path: Path) -> None:
     config = write_config(tmp_path, "")
     result = run_cli("status", "-c", str(config))

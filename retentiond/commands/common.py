@@ -7,9 +7,8 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from retentiond.config import Config, LoadedConfig, load_config
-from retentiond.config.secrets import read_secret_file
 from retentiond.errors import RetentiondError
-from retentiond.state.db import create_state_engine, current_revision, head_revision, state_url
+from retentiond.state.db import SCHEMA_REVISION, create_state_engine, state_url, stored_revision
 
 
 def open_state(config_path: Path | None) -> tuple[LoadedConfig, Engine]:
@@ -17,19 +16,14 @@ def open_state(config_path: Path | None) -> tuple[LoadedConfig, Engine]:
     loaded = load_config(config_path)
     engine = create_state_engine(state_url(loaded.config))
     try:
-        revision = current_revision(engine)
+        revision = stored_revision(engine)
     except Exception as exc:
         raise RetentiondError(f"cannot reach the state database: {type(exc).__name__}") from None
-    if revision != head_revision():
+    if revision != SCHEMA_REVISION:
         raise RetentiondError(
             "the state database is not initialised or is out of date; run `retentiond init`"
         )
     return loaded, engine
-
-
-def read_signer_key(config: Config) -> str:
-    """The ledger signing key, refused when other users can read its file."""
-    return read_secret_file(config.ledger.signing_key_file, "ledger.signing_key_file")
 
 
 def sign_checkpoint(engine: Engine, config: Config) -> str:

@@ -65,6 +65,21 @@ def create_state_engine(url: URL | str) -> Engine:
     return create_engine(parsed, pool_pre_ping=True)
 
 
+# The newest migration's revision, so that every command can check the schema without importing
+# Alembic (a tenth of a second at each start). A test keeps it equal to the migrations' head.
+SCHEMA_REVISION = "0001"
+
+
+def stored_revision(engine: Engine) -> str | None:
+    """The revision recorded in the database's alembic_version table (None when absent)."""
+    from sqlalchemy import inspect, text
+
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
 def alembic_config() -> AlembicConfig:
     """Alembic's config pointing at the migrations shipped with the package."""
     from alembic.config import Config as AlembicConfig
