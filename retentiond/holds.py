@@ -20,11 +20,23 @@ def _active_until(until: date | datetime | None, today: date) -> bool:
     return last_day >= today
 
 
+def _same_table(held: str, ruled: str | None) -> bool:
+    # "results" and "public.results" may name the same table: when either side has no schema,
+    # the names alone decide, so a hold never misses its table (a hold beats every rule).
+    if ruled is None:
+        return False
+    held_schema, _, held_name = held.rpartition(".")
+    rule_schema, _, rule_name = ruled.rpartition(".")
+    if held_name != rule_name:
+        return False
+    return not held_schema or not rule_schema or held_schema == rule_schema
+
+
 def _applies(spec: HoldSpec, rule: Rule) -> bool:
     if spec.rule is not None:
         return spec.rule == rule.name
     if spec.table is not None:
-        return spec.table == rule.table
+        return _same_table(spec.table, rule.table)
     return True  # a path hold without a rule applies to every files rule
 
 

@@ -11,17 +11,26 @@ from sqlalchemy import func, select
 
 from retentiond import humanize
 from retentiond.commands.common import open_state
-from retentiond.errors import NotAvailable
+from retentiond.lease import LeaseBook
 from retentiond.runner import as_utc
 from retentiond.state.models import ledger_checkpoint, ledger_entry, rule_state
 
 
 def run(config_path: Path | None) -> int:
-    """Run the daemon (schedules, reloads, metrics)."""
-    raise NotAvailable(
-        "`retentiond run` (the scheduling daemon) is not in this build yet; "
-        "use `retentiond apply` from a systemd timer meanwhile"
-    )
+    """Run the daemon (schedules, reloads, metrics) until SIGTERM."""
+    from retentiond.daemon import run_daemon
+
+    return run_daemon(config_path)
+
+
+def _running_on(
+    lease: tuple[str | None, datetime | None, datetime | None] | None, now: datetime
+) -> str | None:
+    """The daemon (host:pid) holding the rule's lease now, if any."""
+    if lease is None:
+        return None
+    owner, _, expires = lease
+    return owner if expires is not None and expires > now else None
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -34,6 +43,7 @@ def status(config_path: Path | None, as_json: bool, out: TextIO) -> int:
     loaded, engine = open_state(config_path)
     cfg = loaded.config
     now = datetime.now(UTC)
+    leases = LeaseBook(engine, owner="status").holders()
     with engine.connect() as conn:
         states = {row.rule: row for row in conn.execute(select(rule_state))}
         entries = conn.execute(select(func.count()).select_from(ledger_entry)).scalar_one()
@@ -54,6 +64,7 @@ def status(config_path: Path | None, as_json: bool, out: TextIO) -> int:
                 "next_run": schedule.next_after(now).isoformat() if rule.enabled else None,
                 "overdue_items": row.overdue_items if row else None,
                 "held_items": row.held_items if row else None,
+                "running_on": _running_on(leases.get(rule.name), now),
             }
         )
     ledger = {
@@ -67,7 +78,7 @@ def status(config_path: Path | None, as_json: bool, out: TextIO) -> int:
     table = [
         (
             r["rule"],
-            r["result"] or "never run",
+            f"running on {r['running_on']}" if r["running_on"] else (r["result"] or "never run"),
             r["last_run"] or "-",
             r["next_run"] or "disabled",
             "-" if r["overdue_items"] is None else r["overdue_items"],
