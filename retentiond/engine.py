@@ -123,3 +123,4 @@ class TargetContext:
     daemon: Any  # retentiond.config.model.DaemonSection: budgets and timeouts
     state_url: Any  # sqlalchemy URL of the state database (to detect colocation)
     kek_file: Any = None  # Path of [keys] kek_file: the keystore that shred rules destroy keys in
+    state_engine: Any = None  # the runner's state Engine, shared so a run opens no second pool

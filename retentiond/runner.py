@@ -30,6 +30,7 @@ from retentiond.engine import Outcome, Plan, Target, TargetContext
 from retentiond.errors import ClockError, RetentiondError
 from retentiond.holds import holds_for_rule
 from retentiond.journal import StateJournal, pending_batches, run_totals
+from retentiond.lease import owner_gone
 from retentiond.ledger.store import append_entry, newest_entry_time
 from retentiond.state.models import rule_state, run
 from retentiond.stores.registry import make_target
@@ -165,6 +166,7 @@ class Runner:
             daemon=cfg.daemon,
             state_url=self.state.url,
             kek_file=cfg.keys.kek_file,
+            state_engine=self.state,
         )
 
     def target(self, rule: Rule) -> Target:
@@ -364,7 +366,7 @@ class Runner:
         for row in open_runs:
             if rules is not None and row.rule not in rules:
                 continue
-            if row.owner not in gone_owners and not _owner_gone(row.owner):
+            if row.owner not in gone_owners and not owner_gone(row.owner):
                 continue
             try:
                 rule = self.loaded.config.rule(row.rule)
@@ -394,19 +396,3 @@ def _plan_json(plan: Plan) -> dict[str, Any]:
     data["cutoff"] = None  # stored in its own column with its time zone
     data["details"] = dict(plan.details)
     return data
-
-
-def _owner_gone(owner: str) -> bool:
-    """True when the process that owned a run no longer exists (on this host)."""
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
-        # Another host's daemon may still be deleting: settling its batches now could count them
-        # twice. Its lease expiring is what hands the run over (see daemon leases).
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError):
-        return False
-    return False

@@ -396,7 +396,7 @@ def make_shred_target(context: TargetContext) -> Target:
     if kek_file is None:
         raise RetentiondError(f"rule {context.rule.name}: no [keys] kek_file for the shred rule")
     return ShredTarget(
-        create_state_engine(context.state_url),
+        context.state_engine or create_state_engine(context.state_url),
         Path(kek_file),
         context.rule.name,
         rule_hash(context.rule),
