@@ -180,6 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument(
         "--public-key", type=Path, help="verifier key file (default: the one in the proof)"
     )
+    lp = lsub.add_parser(
+        "check-keys",
+        **_help(
+            "show that an entry deleted exactly the listed keys (one a line)",
+            "retentiond ledger check-keys 42 deleted-patients.txt",
+        ),
+    )
+    lp.add_argument("seq", type=int, help="the ledger entry")
+    lp.add_argument("keys_file", type=Path, help="keys, one a line: 40211 or [40211, 2] or a path")
+    lp.add_argument(
+        "--kind",
+        choices=["row", "path"],
+        default="row",
+        help="row: JSON primary-key values (default); path: file paths relative to the store root",
+    )
     for lp in lsub.choices.values():
         _config_option(lp, top=False)
 
@@ -262,6 +277,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                     return ledger.proof(cfg, args.seq, args.output, out)
                 case "check-proof":
                     return ledger.check_proof(args.proof_file, args.public_key, out)
+                case "check-keys":
+                    return ledger.check_keys(cfg, args.seq, args.keys_file, args.kind, out)
         case "config":
             from retentiond.commands.check import schema
 

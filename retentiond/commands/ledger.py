@@ -14,6 +14,7 @@ from retentiond import humanize
 from retentiond.commands.common import open_state
 from retentiond.config import LoadedConfig
 from retentiond.errors import RetentiondError, UsageError, VerificationError
+from retentiond.ledger.digest import KeyDigest, row_item
 from retentiond.ledger.entry import EntryError, parse_entry, parse_time
 from retentiond.ledger.export import write_export
 from retentiond.ledger.merkle import ProofError
@@ -216,4 +217,59 @@ def check_proof(proof_file: Path, public_key: Path | None, out: TextIO) -> int:
     print(f"  checkpoint: {checkpoint.origin}, {checkpoint.tree_size} entries", file=out)
     print(f"  signed by: {source}", file=out)
     print("  entry: " + json.dumps(obj, sort_keys=True, ensure_ascii=False), file=out)
+    return 0
+
+
+def _key_items(keys_file: Path, kind: str) -> list[bytes]:
+    """The digest items of a list of keys: one a line, as the stores encode them."""
+    try:
+        raw = keys_file.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{keys_file}: cannot read: {exc.strerror}") from None
+    lines = [line for line in raw.split(b"\n") if line.strip()]
+    if kind == "path":
+        return lines  # relative paths, raw bytes, exactly as the file store digests them
+    items = []
+    for number, line in enumerate(lines, 1):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            raise UsageError(
+                f"{keys_file}:{number}: not a JSON value (e.g. 40211 or [40211])"
+            ) from None
+        items.append(row_item(value if isinstance(value, list) else [value]))
+    return items
+
+
+def check_keys(config_path: Path | None, seq: int, keys_file: Path, kind: str, out: TextIO) -> int:
+    """Show that entry SEQ deleted exactly the keys listed in KEYS_FILE (exit 0), or not (exit 3).
+
+    The digest in the entry is keyed with the commitment key of the keystore, so this runs where the
+    state database and the key-encryption key are; the list of keys never leaves that machine.
+    """
+    from retentiond import keystore
+
+    loaded, engine = open_state(config_path)
+    try:
+        with engine.connect() as conn:
+            found = [data for _s, data, _l in iter_entries(conn, seq, seq + 1)]
+            key = keystore.commitment_key(conn, loaded.config.keys.kek_file)
+    finally:
+        engine.dispose()
+    if not found:
+        raise UsageError(f"ledger entry {seq} does not exist")
+    entry = parse_entry(found[0])
+    if "digest" not in entry:
+        raise UsageError(f"ledger entry {seq} ({entry.get('kind')}) records no digest of keys")
+    digest = KeyDigest(key)
+    digest.update(_key_items(keys_file, kind))
+    same = digest.hexdigest() == entry["digest"]
+    print(
+        f"entry {seq} ({entry.get('kind')}, rule {entry.get('rule')}): "
+        f"{'MATCH' if same else 'NO MATCH'}: the {digest.count} listed keys "
+        f"{'are exactly' if same else 'are not'} the keys it records (count {entry.get('count')})",
+        file=out,
+    )
+    if not same:
+        raise VerificationError(f"entry {seq}: the listed keys do not match its digest")
     return 0
