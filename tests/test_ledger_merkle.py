@@ -238,3 +238,47 @@ def test_the_right_edge_survives_storage_and_keeps_growing(size: int, more: int)
 def test_a_right_edge_of_the_wrong_length_is_refused() -> None:
     with pytest.raises(ValueError, match="frontier"):
         CompactRange.from_bytes(3, b"\x00" * 32)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.integers(0, 300), st.sampled_from([1, 2, 4, 8, 32, 256]), st.data())
+def test_the_block_builder_gives_the_rfc_tree_and_its_roots_at_any_size(
+    size: int, block: int, draw: st.DataObject
+) -> None:
+    data = [b"%d" % i for i in range(size)]
+    leaves = [leaf_hash(d) for d in data]
+    assert merkle.hash_leaves(b"\x00" + d for d in data) == leaves
+    wanted = draw.draw(st.sets(st.integers(0, size + 3), max_size=12))
+    tree = merkle.TreeBuilder(wanted, block=block)
+    # Leaves arrive in batches of any length, across block boundaries.
+    cuts = sorted(draw.draw(st.lists(st.integers(0, size), max_size=6)))
+    for start, end in zip([0, *cuts], [*cuts, size], strict=True):
+        tree.add(leaves[start:end])
+    assert tree.size == size
+    edge = tree.finish()
+    expected = CompactRange()
+    expected.extend(leaves)
+    assert (edge.size, edge.to_bytes(), edge.root()) == (size, expected.to_bytes(), root_of(leaves))
+    assert edge.root() == reference_root(leaves)
+    # Every size asked for that the tree reaches has its root; sizes beyond it have none.
+    assert tree.roots == {s: reference_root(leaves[:s]) for s in wanted if s <= size}
+
+
+def test_the_block_builder_spans_many_default_blocks() -> None:
+    leaves = [leaf_hash(b"%d" % i) for i in range(3 * (1 << 16) + 5)]
+    sizes = {1, 1 << 16, (1 << 16) + 1, 2 * (1 << 16) - 1, 3 * (1 << 16) + 4, len(leaves)}
+    tree = merkle.TreeBuilder(sizes)
+    for start in range(0, len(leaves), 5000):
+        tree.add(leaves[start : start + 5000])
+    edge = tree.finish()
+    expected = CompactRange()
+    for size in range(1, len(leaves) + 1):
+        expected.append(leaves[size - 1])
+        if size in sizes:
+            assert tree.roots[size] == expected.root(), size
+    assert edge.to_bytes() == expected.to_bytes()
+
+
+def test_a_block_size_that_is_not_a_power_of_two_is_refused() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        merkle.TreeBuilder(block=3)
