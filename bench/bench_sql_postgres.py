@@ -1,0 +1,255 @@
+"""Benchmark: purging a lab-results table on PostgreSQL, side by side with what scripts do.
+
+Workload: a table of N rows (default 2,000,000) with a primary key and two secondary indexes, half
+of them expired, spread through the table. Each method gets a freshly built, vacuumed copy:
+
+- one `DELETE ... WHERE validated_at < cutoff` (the physical limit: one huge transaction);
+- retentiond: a real run of the rule (plan, guards, budgeted batches, journal with the keyed digest
+  of every removed key, ledger entry, post-check) in a child process, with its peak RSS;
+- a loop of `DELETE ... WHERE id IN (SELECT id ... LIMIT 10000)` (what most scripts do);
+- the application's p99 latency (pgbench at a fixed rate: reads by patient, inserts, updates)
+  without, then during, a retentiond purge.
+
+Targets: retentiond >= 0.6x the rows/s of one DELETE with its longest transaction under 100 ms,
+>= 10x the LIMIT loop, application p99 during the purge <= 1.5x without, peak RSS < 150 MB.
+Usage: python bench/bench_sql_postgres.py [--rows N | --quick] [--url URL] [--skip-loop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sql_bench_common import measured_apply, percentile, verdict, write_config
+
+RULE = """[[rules]]
+name = "lab-results"
+store = "lab"
+table = "public.lab_results"
+age_column = "validated_at"
+retain = "365d"
+action = "delete"
+max_fraction = 0.6
+"""
+CUTOFF = "now() - interval '365 days'"
+
+READ = "\\set pid random(1, 50000)\nSELECT * FROM lab_results WHERE patient_id = :pid;\n"
+INSERT = (
+    "\\set pid random(1, 50000)\n"
+    "INSERT INTO lab_results VALUES (nextval('lab_ids'), :pid, now(), 'GLU', 5.1, 'new');\n"
+)
+UPDATE = "\\set id random(1, {rows})\nUPDATE lab_results SET comment = 'checked' WHERE id = :id;\n"
+
+
+def build(engine: Engine, rows: int) -> None:
+    """A fresh lab_results table: half the rows expired, interleaved; vacuumed and checkpointed."""
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS lab_results"))
+        conn.execute(text("DROP SEQUENCE IF EXISTS lab_ids"))
+        conn.execute(
+            text(
+                "CREATE TABLE lab_results (id bigint PRIMARY KEY, patient_id int NOT NULL, "
+                "validated_at timestamptz NOT NULL, analyte text NOT NULL, value numeric, "
+                "comment text)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO lab_results SELECT i, 1 + (i::bigint * 7919) % 50000, CASE WHEN i % 2 = 0 "
+                "THEN now() - interval '400 days' - (i % 1000) * interval '6 hours' "
+                "ELSE now() - (i % 1000) * interval '6 hours' END, 'GLU', (i % 100) / 10.0, 'ok' "
+                "FROM generate_series(1, :n) i"
+            ),
+            {"n": rows},
+        )
+        conn.execute(text("CREATE INDEX lab_results_patient ON lab_results (patient_id)"))
+        conn.execute(text("CREATE INDEX lab_results_validated ON lab_results (validated_at)"))
+        conn.execute(text(f"CREATE SEQUENCE lab_ids START {int(rows) + 1}"))
+    settle(engine)
+
+
+def settle(engine: Engine) -> None:
+    """VACUUM ANALYZE and CHECKPOINT, so no method pays for the previous one's dirty pages."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE lab_results"))
+        conn.execute(text("CHECKPOINT"))
+
+
+def delete_once(engine: Engine) -> tuple[int, float]:
+    """One DELETE of every expired row in one transaction: (rows, seconds)."""
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        count = conn.execute(
+            text(f"DELETE FROM lab_results WHERE validated_at < {CUTOFF}")
+        ).rowcount
+    return count, time.perf_counter() - started
+
+
+def limit_loop(engine: Engine) -> tuple[int, float, float]:
+    """DELETE ... WHERE id IN (SELECT id ... LIMIT 10000) until nothing is left."""
+    statement = text(
+        "DELETE FROM lab_results WHERE id IN (SELECT id FROM lab_results "
+        f"WHERE validated_at < {CUTOFF} LIMIT 10000)"
+    )
+    total, longest = 0, 0.0
+    started = time.perf_counter()
+    while True:
+        batch = time.perf_counter()
+        with engine.begin() as conn:
+            count = conn.execute(statement).rowcount
+        longest = max(longest, time.perf_counter() - batch)
+        total += count
+        if count == 0:
+            return total, time.perf_counter() - started, longest
+
+
+def pgbench(
+    url: str, rows: int, seconds: int, rate: int, workdir: Path
+) -> list[tuple[float, float]]:
+    """Run the application at a fixed rate; (completion time, latency ms) of every transaction."""
+    parsed = make_url(url)
+    scripts = []
+    for name, body, weight in (("read", READ, 6), ("insert", INSERT, 2), ("update", UPDATE, 2)):
+        path = workdir / f"{name}.sql"
+        path.write_text(body.format(rows=rows))
+        scripts += ["-f", f"{path}@{weight}"]
+    logs = workdir / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir()
+    command = [
+        "pgbench",
+        "-n",
+        "-h",
+        parsed.host or "127.0.0.1",
+        "-p",
+        str(parsed.port or 5432),
+        "-U",
+        parsed.username or "postgres",
+        "-c",
+        "4",
+        "-j",
+        "2",
+        "-R",
+        str(rate),
+        "-T",
+        str(seconds),
+        "-l",
+        f"--log-prefix={logs / 'app'}",
+        *scripts,
+        parsed.database or "",
+    ]
+    subprocess.run(command, check=True, capture_output=True)
+    samples = []
+    for log in logs.iterdir():
+        for line in log.read_text().splitlines():
+            fields = line.split()
+            latency_ms = int(fields[2]) / 1000
+            done = int(fields[4]) + int(fields[5]) / 1e6
+            samples.append((done, latency_ms))
+    return samples
+
+
+def application_p99(
+    url: str, engine: Engine, config: Path, rows: int, seconds: float, workdir: Path
+) -> tuple[float, float, float]:
+    """p99 latency of the application alone, then during a purge: (alone, during, max during)."""
+    rate = 200
+    alone = [lat for _, lat in pgbench(url, rows, 8, rate, workdir)]
+    build(engine, rows)
+    window: list[float] = []
+    duration = int(seconds + 6)
+
+    def purge() -> None:
+        time.sleep(2)
+        window.append(time.time())
+        measured_apply(config, "lab-results")
+        window.append(time.time())
+
+    thread = threading.Thread(target=purge)
+    thread.start()
+    during_all = pgbench(url, rows, duration, rate, workdir)
+    thread.join()
+    start, end = window
+    during = [lat for done, lat in during_all if start <= done <= end + 0.2]
+    return percentile(alone, 99), percentile(during, 99), max(during or [0.0])
+
+
+def main() -> int:
+    """Build, measure side by side, print ratios; exit 1 if a target is missed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--quick", action="store_true", help="200,000 rows")
+    parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--skip-loop", action="store_true", help="skip the LIMIT loop")
+    parser.add_argument("--skip-pgbench", action="store_true", help="skip the application p99")
+    args = parser.parse_args()
+    rows = 200_000 if args.quick else args.rows
+    admin = create_engine(args.url, isolation_level="AUTOCOMMIT")
+    database = "retentiond_bench"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{database}"'))
+    url = make_url(args.url).set(database=database).render_as_string(hide_password=False)
+    engine = create_engine(url)
+    workdir = Path(tempfile.mkdtemp(prefix="retentiond-bench-"))
+    ok = True
+    try:
+        config = write_config(workdir / "run", url, RULE)
+        print(f"PostgreSQL purge benchmark: {rows:,} rows, half expired")
+        build(engine, rows)
+        count, once_s = delete_once(engine)
+        print(
+            f"  one DELETE:       {count:>9,} rows in {once_s:7.2f} s  {count / once_s:>10,.0f} rows/s"
+        )
+        build(engine, rows)
+        run = measured_apply(config, "lab-results")
+        rate = run["items"] / run["seconds"]
+        longest = run["details"]["longest_batch_ms"]
+        print(
+            f"  retentiond:       {run['items']:>9,} rows in {run['seconds']:7.2f} s  {rate:>10,.0f} rows/s"
+            f"  ({run['details']['batches']} batches, longest {longest} ms, peak RSS "
+            f"{run['maxrss_mb']:.0f} MB, {run['method']})"
+        )
+        ok &= verdict("retentiond / one DELETE (rows/s)", rate / (count / once_s), 0.6)
+        ok &= verdict("longest transaction (ms)", longest, 100, higher_is_better=False)
+        ok &= verdict("peak RSS (MB)", run["maxrss_mb"], 150, higher_is_better=False)
+        if not args.skip_loop:
+            build(engine, rows)
+            n, loop_s, loop_longest = limit_loop(engine)
+            print(
+                f"  LIMIT 10000 loop: {n:>9,} rows in {loop_s:7.2f} s  {n / loop_s:>10,.0f} rows/s"
+                f"  (longest {loop_longest * 1000:.0f} ms)"
+            )
+            ok &= verdict("retentiond / LIMIT loop (rows/s)", rate / (n / loop_s), 10)
+        if not args.skip_pgbench and shutil.which("pgbench"):
+            build(engine, rows)
+            alone, during, worst = application_p99(
+                url, engine, config, rows, run["seconds"], workdir
+            )
+            print(
+                f"  application p99: {alone:.2f} ms alone, {during:.2f} ms during the purge (max {worst:.1f} ms)"
+            )
+            ok &= verdict(
+                "application p99 during / alone", during / alone, 1.5, higher_is_better=False
+            )
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        admin.dispose()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
