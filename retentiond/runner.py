@@ -294,6 +294,15 @@ class Runner:
             outcome = target.execute(plan, journal, stop)
         except Exception as exc:
             failure = exc
+        try:
+            # A batch whose commit failed or whose completion was lost is still pending: what it
+            # removed is known only from what is left, and must be counted before the entry.
+            self._settle_pending(target, run_id)
+        except Exception:
+            with self.state.begin() as conn:
+                conn.execute(update(run).where(run.c.run_id == run_id).values(status="unsettled"))
+            log.error("rule %s: run %s left unsettled; it is reconciled later", rule.name, run_id)
+            raise
         seq = self.finish_run(rule, run_id, plan, outcome, interrupted=False)
         if failure is not None:
             raise failure
@@ -351,6 +360,15 @@ class Runner:
             )
         return seq
 
+    def _settle_pending(self, target: Target, run_id: str) -> None:
+        """Complete every batch of a run written ahead but never completed, from what is left."""
+        journal = StateJournal(self.state, run_id, self.commitment_key, False)
+        with self.state.connect() as conn:
+            pending = list(pending_batches(conn, run_id))
+        for batch in pending:
+            removed, items = batch.settle(target.still_present(batch.candidates))
+            journal.complete(batch.batch_id, removed, 0, items)
+
     def reconcile(
         self, rules: Collection[str] | None = None, gone_owners: Collection[str] = ()
     ) -> list[str]:
@@ -362,11 +380,16 @@ class Runner:
         """
         settled: list[str] = []
         with self.state.connect() as conn:
-            open_runs = conn.execute(select(run).where(run.c.status == "running")).all()
+            open_runs = conn.execute(
+                select(run).where(run.c.status.in_(("running", "unsettled")))
+            ).all()
         for row in open_runs:
             if rules is not None and row.rule not in rules:
                 continue
-            if row.owner not in gone_owners and not owner_gone(row.owner):
+            # An unsettled run has stopped executing; a running one may still be, unless its owner
+            # is gone.
+            alive = row.owner not in gone_owners and not owner_gone(row.owner)
+            if row.status == "running" and alive:
                 continue
             try:
                 rule = self.loaded.config.rule(row.rule)
@@ -377,13 +400,16 @@ class Runner:
                     row.rule,
                 )
                 continue
-            target = self.target(rule)
-            journal = StateJournal(self.state, row.run_id, self.commitment_key, False)
-            with self.state.connect() as conn:
-                pending = list(pending_batches(conn, row.run_id))
-            for batch in pending:
-                removed, items = batch.settle(target.still_present(batch.candidates))
-                journal.complete(batch.batch_id, removed, 0, items)
+            try:
+                self._settle_pending(self.target(rule), row.run_id)
+            except Exception as exc:
+                log.error(
+                    "rule %s: run %s cannot be settled yet (%s)",
+                    rule.name,
+                    row.run_id,
+                    type(exc).__name__,
+                )
+                continue
             plan = Plan(**{**json.loads(row.plan_json), "cutoff": as_utc(row.cutoff)})
             self.finish_run(rule, row.run_id, plan, None, interrupted=True)
             settled.append(row.run_id)
