@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -14,6 +13,7 @@ from retentiond import humanize
 from retentiond.commands.common import open_state
 from retentiond.config import LoadedConfig
 from retentiond.errors import RetentiondError, UsageError, VerificationError
+from retentiond.fileutil import replace_file
 from retentiond.ledger.digest import KeyDigest, row_item
 from retentiond.ledger.entry import EntryError, parse_entry, parse_time
 from retentiond.ledger.export import write_export
@@ -152,12 +152,6 @@ def show(config_path: Path | None, since: str | None, as_json: bool, out: TextIO
     return 0
 
 
-def _write_text(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
-
-
 def proof(config_path: Path | None, seq: int, output: Path, out: TextIO) -> int:
     """Write an inclusion proof of entry `seq` against the newest signed checkpoint."""
     loaded, engine, signer_key, verifier = _open(config_path)
@@ -179,7 +173,7 @@ def proof(config_path: Path | None, seq: int, output: Path, out: TextIO) -> int:
                 raise VerificationError(f"seq {seq}: {exc}") from None
     finally:
         engine.dispose()
-    _write_text(output, format_proof(entry_proof))
+    replace_file(output, [format_proof(entry_proof).encode("utf-8")])
     size = len(entry_proof.path)
     print(f"proof of entry {seq} ({size} hashes) written to {output}", file=out)
     return 0
@@ -189,8 +183,11 @@ def check_proof(proof_file: Path, public_key: Path | None, out: TextIO) -> int:
     """Check a proof file alone: the checkpoint's signature, the entry and its path to the root."""
     try:
         parsed = parse_proof(proof_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{proof_file}: cannot read ({exc})") from None
+    except OSError as exc:
+        raise UsageError(f"{proof_file}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        # A proof is ASCII text: bytes that are not UTF-8 mean it was altered or corrupted.
+        raise VerificationError(f"{proof_file}: not a proof (not UTF-8 text)") from None
     if public_key is not None:
         try:
             verifier = parse_verifier_key(public_key.read_text(encoding="utf-8"))

@@ -9,13 +9,13 @@ see such a rollback: the database's newest checkpoint must be at least that new 
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 from sqlalchemy import Engine
 
 from retentiond.config.secrets import read_secret_file
 from retentiond.errors import RetentiondError
+from retentiond.fileutil import replace_file
 from retentiond.ledger.note import NoteError, Verifier, open_checkpoint, parse_signer_key
 from retentiond.ledger.store import signer_verifier, write_checkpoint
 
@@ -56,17 +56,7 @@ def save_local_copy(path: Path, note: str, verifier: Verifier) -> None:
         with contextlib.suppress(NoteError):
             if open_checkpoint(current, verifier).tree_size > new_size:
                 return
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(note)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+    replace_file(path, [note.encode("utf-8")], mode=0o600)
 
 
 def checkpoint_now(engine: Engine, signing_key_file: Path) -> str:

@@ -25,7 +25,14 @@ from retentiond.errors import RuleError
 from retentiond.stores.fileremove import Done, Removal, Result, remove_file
 from retentiond.stores.files import present_keys
 from retentiond.stores.fileselect import hold_prefixes, holds_touch_dir
-from retentiond.stores.walk import DirHandle, Root, RootError, Tally, open_root, open_subdir, walk
+from retentiond.stores.walk import (
+    DirHandle,
+    Root,
+    Tally,
+    open_rule_root,
+    open_subdir,
+    walk,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +76,7 @@ class CopyTarget:
         self.rule = rule
 
     def _open(self) -> Root:
-        try:
-            return open_root(self.rule.root)
-        except RootError as exc:
-            raise RuleError(f"rule {self.rule.name}: store {self.rule.store}: {exc}") from None
+        return open_rule_root(self.rule.root, self.rule.name, self.rule.store)
 
     def _chain(self, root: Root, tally: Tally) -> list[DirHandle] | None:
         """Open every directory from the root's child down to the copy; None if it is gone."""

@@ -39,11 +39,10 @@ from retentiond.stores.filesurvey import Aging, Survey, classify, survey_split, 
 from retentiond.stores.walk import (
     DirHandle,
     Root,
-    RootError,
     Tally,
     Visit,
     open_path,
-    open_root,
+    open_rule_root,
     walk,
 )
 
@@ -194,10 +193,7 @@ class FilesTarget:
         self.rule = rule
 
     def _open(self) -> Root:
-        try:
-            return open_root(self.rule.root)
-        except RootError as exc:
-            raise RuleError(f"rule {self.rule.name}: store {self.rule.store}: {exc}") from None
+        return open_rule_root(self.rule.root, self.rule.name, self.rule.store)
 
     def _check_birth_time(self, root: Root) -> None:
         if self.rule.age_source != "birth":

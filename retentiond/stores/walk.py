@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from retentiond.errors import RuleError
 from retentiond.stores.filestat import mount_id
 
 # os.open makes descriptors non-inheritable already; O_CLOEXEC says so at the call.
@@ -274,3 +275,11 @@ def open_path(root: Root, parts: Sequence[str], tally: Tally) -> DirHandle | Non
     if handle is root.handle:
         handle.retain()
     return handle
+
+
+def open_rule_root(root: Path, rule: str, store: str | None) -> Root:
+    """Open a rule's store root, or fail the rule with a message naming it and the store."""
+    try:
+        return open_root(root)
+    except RootError as exc:
+        raise RuleError(f"rule {rule}: store {store}: {exc}") from None
