@@ -28,6 +28,9 @@ def test_demo_report_matches_the_workspace_and_keys_can_be_proven(tmp_path: Path
     assert f"patients with contact details masked: {len(masked)}" in out and masked
     assert "export_v4" not in tables and "staging copy export_v4: dropped" in out
     assert not (workspace / "transfer" / "migration-2026").exists()
+    assert not (workspace / "lab-dump-2026-11.age").exists()
+    assert (workspace / "lab-dump-archive.age").exists()
+    assert "was shredded at" in out and "usb-stick-copy.age: cannot be opened" in out
     held = sorted(p.name for p in (workspace / "transfer" / "audit-2026").iterdir())
     assert held == ["inspection-20.csv", "inspection-25.csv", "inspection-30.csv"]
 

@@ -14,10 +14,17 @@ from pathlib import Path
 from typing import TextIO
 
 from retentiond.demo_workspace import HELD_PATIENTS, Workspace, build_workspace
-from retentiond.errors import NotAvailable, UsageError
+from retentiond.errors import NotAvailable, RetentiondError, UsageError
 
 
-def _step(out: TextIO, title: str, action: Callable[[TextIO], int], *, show: bool = True) -> int:
+def _step(
+    out: TextIO,
+    title: str,
+    action: Callable[[TextIO], int],
+    *,
+    show: bool = True,
+    expect_failure: bool = False,
+) -> int:
     """Run one step, printing its title, its own output indented, and how long it took."""
     print(f"\n==> {title}", file=out, flush=True)
     started = time.monotonic()
@@ -27,11 +34,19 @@ def _step(out: TextIO, title: str, action: Callable[[TextIO], int], *, show: boo
     except NotAvailable as exc:
         print(f"    (skipped: {exc})", file=out)
         return 0
+    except RetentiondError as exc:
+        if not expect_failure:
+            raise
+        captured.write(f"retentiond: {exc}\n")
+        code = exc.exit_code
     if show:
         for line in captured.getvalue().rstrip().splitlines():
             print(f"    {line}", file=out)
     print(f"    [{time.monotonic() - started:.1f}s, exit {code}]", file=out, flush=True)
     return code
+
+
+SHORT_DEADLINE = 3  # seconds: the demo's first sealed dump expires while the demo runs
 
 
 def _facts(ws: Workspace) -> dict[str, int]:
@@ -67,7 +82,7 @@ def _facts(ws: Workspace) -> dict[str, int]:
 
 def demo(directory: Path | None, clean: bool, out: TextIO) -> int:
     """Build a demo workspace, then init, check, plan, apply and verify on it with the real engine."""
-    from retentiond.commands import check, init, purge
+    from retentiond.commands import check, daemon, init, purge, seal
     from retentiond.commands import ledger as ledger_commands
 
     # The steps print their own results; the engine's per-rule log lines would only repeat them.
@@ -85,13 +100,41 @@ def demo(directory: Path | None, clean: bool, out: TextIO) -> int:
         file=out,
     )
     cfg = ws.config
+    short, kept = ws.root / "lab-dump-2026-11.age", ws.root / "lab-dump-archive.age"
+    usb = ws.root / "usb-stick-copy.age"  # a copy made behind retentiond's back
+    db = str(ws.database)
     codes = [
         _step(out, "retentiond init", lambda o: init.init(cfg, o)),
+        _step(
+            out,
+            f"retentiond seal {ws.database.name} -o {short.name} --expires {SHORT_DEADLINE}s",
+            lambda o: seal.seal(cfg, db, short, f"{SHORT_DEADLINE}s", "migration dump", o),
+        ),
+    ]
+    sealed_at = time.monotonic()
+    codes += [
+        _step(
+            out,
+            f"retentiond seal {ws.database.name} -o {kept.name} --expires 30d",
+            lambda o: seal.seal(cfg, db, kept, "30d", "archive dump", o),
+        ),
         _step(out, "retentiond check --connect", lambda o: check.check(cfg, True, o)),
+    ]
+    shutil.copyfile(short, usb)
+    # Let the first sealed dump reach its deadline, so that the shred rule has work to show.
+    time.sleep(max(0.0, SHORT_DEADLINE + 0.3 - (time.monotonic() - sealed_at)))
+    codes += [
         _step(out, "retentiond plan", lambda o: purge.plan(cfg, None, False, o)),
         _step(out, "retentiond apply", lambda o: purge.apply(cfg, None, False, o)),
         _step(out, "retentiond ledger verify", lambda o: ledger_commands.verify(cfg, None, o)),
+        _step(out, "retentiond status", lambda o: daemon.status(cfg, False, o)),
     ]
+    unseal_code = _step(
+        out,
+        f"retentiond unseal {usb.name} -o -   (a copy of the shredded dump: this must fail)",
+        lambda o: seal.unseal(cfg, usb, "-", False, o),
+        expect_failure=True,
+    )
     after = _facts(ws)
     print("\n==> what changed (counted directly in the workspace)", file=out)
     print(
@@ -108,6 +151,12 @@ def demo(directory: Path | None, clean: bool, out: TextIO) -> int:
         f"    transfer files: {before['files']} -> {after['files']} (held under audit-2026/: "
         f"{after['held_files']}); migration-2026/: "
         f"{'still there' if after['migration_folder_present'] else 'removed'}",
+        file=out,
+    )
+    print(
+        f"    sealed dumps: {short.name}: {'still there' if short.exists() else 'key destroyed, file deleted'}; "
+        f"its copy {usb.name}: {'cannot be opened' if unseal_code != 0 else 'STILL OPENS'}; "
+        f"{kept.name}: {'kept until its deadline' if kept.exists() else 'gone'}",
         file=out,
     )
     print(f"\nfinished in {time.monotonic() - started:.1f}s. Next, try:", file=out)
