@@ -199,8 +199,10 @@ def test_files_changed_vanished_or_appeared_during_the_run(tmp_path: Path) -> No
     def meddle(keys: list[bytes]) -> None:
         (tmp_path / "a.csv").unlink()  # vanishes
         os.utime(tmp_path / "b.csv")  # written to again: young now
-        (tmp_path / "c.csv").unlink()
-        seed(tmp_path, "c.csv", 40)  # replaced by another file (another inode)
+        # Replaced by another file: created before the old one goes, so its inode number cannot be
+        # the freed one reused.
+        seed(tmp_path, "c.new", 40)
+        os.replace(tmp_path / "c.new", tmp_path / "c.csv")
         seed(tmp_path, "late.csv", 40)  # appears after the scan
 
     target = bind(tmp_path, max_fraction=1.0)
