@@ -130,7 +130,7 @@ class RowTarget:
         t = rt.table
         selected = rt.selects(t, cutoff)
         held = rt.held(t)
-        if self.dialect.split_counts:
+        if self.dialect.splits_counts(conn, t):
             # Two queries an index can answer (the total from the smallest index, the expired
             # rows from a range of the age column's), instead of one scan of the whole table.
             total = int(conn.execute(select(func.count()).select_from(t)).scalar_one())

@@ -263,8 +263,10 @@ class Recorder:
         names: list[bytes] = []
         rows = nbytes = used = 0
         kept: list[ContainerDrop] = []
-        # How many fit: from the time each partition took in earlier groups (commit included,
-        # where the dropped files go), starting with one.
+        # How many fit: the partitions' own work (detach, count, drop, as timed in earlier
+        # groups, starting with one) fills the budget. The commit (journal record, WAL flush,
+        # unlinked files) is paid once per group whatever its size: dividing it among the
+        # partitions would let a slow disk hold every group to one partition and one commit each.
         fit = max(1, int(budget_s / self._per_drop_s)) if self._per_drop_s else 1
         with self.connect() as conn:
             started = time.monotonic()
@@ -283,13 +285,14 @@ class Recorder:
                 names += [k.encode() for k in drop.keys]
                 rows += count
                 nbytes += size
+            measured = time.monotonic()
             if names:
                 self.commit(conn, names, nbytes, rows)
                 self.totals.add(rows, nbytes, time.monotonic() - started)
                 self.totals.containers += len(names)
             else:
                 conn.commit()
-            self._per_drop_s = (time.monotonic() - started) / used
+            self._per_drop_s = max(1e-4, (measured - started) / used)
         return used, kept
 
     def drop_group(

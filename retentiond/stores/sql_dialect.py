@@ -89,6 +89,10 @@ class SqlDialect:
         self.engine = engine
         self.daemon = daemon
 
+    def splits_counts(self, conn: Connection, table: TableClause) -> bool:
+        """True when the plan counts with one query per count (see split_counts)."""
+        return self.split_counts
+
     @staticmethod
     def engine_options(daemon: Any) -> dict[str, Any]:
         """Extra create_engine options (connect arguments, isolation level)."""

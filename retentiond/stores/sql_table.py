@@ -217,8 +217,20 @@ def encode_key(values: Sequence[Any]) -> bytes:
     return _KEY_ENCODER.encode(list(values)).encode()
 
 
+def _quoted_str(value: Any) -> str:
+    return str(_QUOTE(str(value)))
+
+
+# The JSON text of key values of these exact types, byte for byte what _KEY_ENCODER writes (its
+# string quoting is this same function; other types go through str()): a composite key is then
+# joined from its parts without setting up the encoder once per row.
+_QUOTE: Any = json.encoder.encode_basestring
+_PARTS: dict[type, Any] = {int: int.__repr__, str: _QUOTE, datetime: _quoted_str, date: _quoted_str}
+
+
 def encode_keys(rows: Iterable[Sequence[Any]], width: int) -> list[bytes]:
-    """Canonical bytes of many keys; single integer keys take a fast path with the same bytes."""
+    """Canonical bytes of many keys; keys of integers, text and timestamps take a fast path with
+    the same bytes."""
     out: list[bytes] = []
     if width == 1:
         for row in rows:
@@ -228,7 +240,16 @@ def encode_keys(rows: Iterable[Sequence[Any]], width: int) -> list[bytes]:
             else:
                 out.append(encode_key((value,)))
         return out
-    return [encode_key(tuple(row)[:width]) for row in rows]
+    parts = _PARTS
+    for row in rows:
+        values = tuple(row)[:width]
+        try:
+            text = ",".join([parts[type(v)](v) for v in values])
+        except KeyError:
+            out.append(encode_key(values))
+            continue
+        out.append(f"[{text}]".encode())
+    return out
 
 
 def encode_dependent_keys(qualified: str, rows: Iterable[Sequence[Any]], width: int) -> list[bytes]:
