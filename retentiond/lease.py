@@ -212,9 +212,8 @@ class LeaseBook:
                 return Lease(rule, self.owner, _utc(row.slot), until, abandoned)
         return None
 
-    def renew(self, lease: Lease, ttl: timedelta) -> Lease | None:
-        """Extend a held lease; None when it was lost (expired and taken by another daemon)."""
-        until = self.clock() + ttl
+    def _set_expiry(self, lease: Lease, expires_at: datetime | None) -> bool:
+        """Change the expiry of a lease still held as `lease` says; False when it was lost."""
         with self.engine.begin() as conn:
             result = conn.execute(
                 update(rule_lease)
@@ -223,25 +222,20 @@ class LeaseBook:
                     rule_lease.c.owner == self.owner,
                     rule_lease.c.expires_at == lease.expires_at,
                 )
-                .values(expires_at=until)
+                .values(expires_at=expires_at)
             )
-        if result.rowcount != 1:
+        return result.rowcount == 1
+
+    def renew(self, lease: Lease, ttl: timedelta) -> Lease | None:
+        """Extend a held lease; None when it was lost (expired and taken by another daemon)."""
+        until = self.clock() + ttl
+        if not self._set_expiry(lease, until):
             return None
         return Lease(lease.rule, lease.owner, lease.slot, until, lease.abandoned_by)
 
     def release(self, lease: Lease) -> bool:
         """Give a lease back (the slot stays taken); False when it had been lost meanwhile."""
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                update(rule_lease)
-                .where(
-                    rule_lease.c.rule == lease.rule,
-                    rule_lease.c.owner == self.owner,
-                    rule_lease.c.expires_at == lease.expires_at,
-                )
-                .values(expires_at=None)
-            )
-        return result.rowcount == 1
+        return self._set_expiry(lease, None)
 
     def holders(self) -> dict[str, tuple[str | None, datetime | None, datetime | None]]:
         """rule -> (owner, last slot taken, lease expiry or None when released), for `status`."""
