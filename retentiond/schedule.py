@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from retentiond.duration import DurationError, parse_duration
 
@@ -60,4 +60,10 @@ def parse_schedule(text: str) -> Schedule:
         raise ScheduleError(
             f'"{text}" is not a schedule (use "every 1h" or five cron fields like "0 3 * * *")'
         )
-    return Schedule(text=text, interval=None, cron=" ".join(fields))
+    schedule = Schedule(text=text, interval=None, cron=" ".join(fields))
+    try:
+        # Valid fields can still name no real date (`0 0 30 2 *`); the scheduler would fail later.
+        schedule.next_after(datetime(2000, 1, 1, tzinfo=UTC))
+    except CroniterError:
+        raise ScheduleError(f'"{text}" never matches a real date') from None
+    return schedule

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,8 +80,11 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
             parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
         elif i == 2 and loc[0] == "stores" and item in _STORE_KINDS:
             continue  # the discriminator's tag is not a key the admin wrote
-        else:
+        elif re.fullmatch(r"[A-Za-z0-9_-]+", str(item)):
             parts.append(str(item))
+        else:
+            # Quoted as TOML quotes it, so that a key with a newline or a dot stays on one line.
+            parts.append(json.dumps(str(item)))
     return ".".join(parts) or "(top level)"
 
 
@@ -101,9 +105,16 @@ def _reason(error: Any) -> str:
     return message
 
 
+def one_line(message: str) -> str:
+    """The message with control characters escaped, so that each problem stays on one line."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], message)
+
+
 def render_validation(path: Path, exc: ValidationError) -> list[str]:
     """One `file: key.path: reason` line per pydantic error."""
-    return [f"{path.name}: {_key_path(tuple(e['loc']))}: {_reason(e)}" for e in exc.errors()]
+    return [
+        one_line(f"{path.name}: {_key_path(tuple(e['loc']))}: {_reason(e)}") for e in exc.errors()
+    ]
 
 
 def _secret_problems(path: Path, config: Config, raw: bytes) -> list[str]:
@@ -165,7 +176,7 @@ def load_config(explicit: Path | str | None = None) -> LoadedConfig:
     problems = [f"{path.name}: {key}: {reason}" for key, reason in cross_check(config)]
     problems += _secret_problems(path, config, raw)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(one_line(p) for p in problems)
     # Downstream code works on the plain model; the settings subclass only did the loading.
     plain = Config.model_validate(config.model_dump(by_alias=True, exclude_unset=True))
     return LoadedConfig(path=path, config=plain, digest=hashlib.sha256(raw).hexdigest())

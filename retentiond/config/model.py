@@ -312,6 +312,14 @@ class Rule(Section):
             raise ValueError("must be a relative path inside the store root (no leading /, no ..)")
         return value
 
+    @field_validator("exclude")
+    @classmethod
+    def _relative_excludes(cls, value: list[str]) -> list[str]:
+        # Checked like glob: an exclude that leaves the root is a typo, better refused at load.
+        for item in value:
+            cls._relative(item)
+        return value
+
     @property
     def effective_max_fraction(self) -> float:
         """The max_fraction guard, with the default that suits the action."""

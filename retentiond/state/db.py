@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
-# Alembic is imported where it is used: it weighs about 11 MB of memory, which the long-running
-# daemon would otherwise carry for a check it makes once, at start, in a short-lived child.
+# Alembic is imported where it is used (init): it weighs about 11 MB of memory, which the
+# long-running daemon never needs and a Python process never gives back.
 
 
 def state_url(config: Config) -> URL:
