@@ -33,8 +33,9 @@ unit: setup
 
 test: lint typecheck unit
 
+# Every benchmark at its quick size (each prints its ratios against a baseline from the same run).
 bench: setup
-	$(BIN)/python -m bench --quick
+	for script in bench/bench_*.py; do $(BIN)/python $$script --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
