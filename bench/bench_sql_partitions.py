@@ -23,12 +23,12 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sql_postgres import pgbench
-from sql_bench_common import measured_apply, verdict, write_config
+from sql_bench_common import drop_postgres, fresh_postgres, measured_apply, verdict, write_config
 
 LOCK_TIMEOUT_MS = 500
 RULE = """[[rules]]
@@ -94,13 +94,7 @@ def main() -> int:
     parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
     rows = 300_000 if args.quick else args.rows
-    admin = create_engine(args.url, isolation_level="AUTOCOMMIT")
-    database = "retentiond_bench_parts"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{database}"'))
-    url = make_url(args.url).set(database=database).render_as_string(hide_password=False)
-    engine = create_engine(url)
+    url, engine = fresh_postgres(args.url, "retentiond_bench_parts")
     workdir = Path(tempfile.mkdtemp(prefix="retentiond-bench-"))
     ok = True
     try:
@@ -137,9 +131,7 @@ def main() -> int:
         ok &= verdict("longest application transaction (ms)", worst, LOCK_TIMEOUT_MS, False)
     finally:
         engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        admin.dispose()
+        drop_postgres(args.url, "retentiond_bench_parts")
         shutil.rmtree(workdir, ignore_errors=True)
     return 0 if ok else 1
 

@@ -26,11 +26,18 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sql_bench_common import measured_apply, percentile, verdict, write_config
+from sql_bench_common import (
+    drop_postgres,
+    fresh_postgres,
+    measured_apply,
+    percentile,
+    verdict,
+    write_config,
+)
 
 RULE = """[[rules]]
 name = "lab-results"
@@ -194,13 +201,7 @@ def main() -> int:
     parser.add_argument("--skip-pgbench", action="store_true", help="skip the application p99")
     args = parser.parse_args()
     rows = 200_000 if args.quick else args.rows
-    admin = create_engine(args.url, isolation_level="AUTOCOMMIT")
-    database = "retentiond_bench"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{database}"'))
-    url = make_url(args.url).set(database=database).render_as_string(hide_password=False)
-    engine = create_engine(url)
+    url, engine = fresh_postgres(args.url, "retentiond_bench")
     workdir = Path(tempfile.mkdtemp(prefix="retentiond-bench-"))
     ok = True
     try:
@@ -244,9 +245,7 @@ def main() -> int:
             )
     finally:
         engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        admin.dispose()
+        drop_postgres(args.url, "retentiond_bench")
         shutil.rmtree(workdir, ignore_errors=True)
     return 0 if ok else 1
 

@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -128,3 +131,22 @@ def verdict(name: str, value: float, target: float, higher_is_better: bool = Tru
 
 if __name__ == "__main__":
     _worker(sys.argv[1], sys.argv[2])
+
+
+def fresh_postgres(admin_url: str, database: str) -> tuple[str, Engine]:
+    """Drop and create `database` on the server of `admin_url`; its URL and an engine on it."""
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{database}"'))
+    admin.dispose()
+    url = make_url(admin_url).set(database=database).render_as_string(hide_password=False)
+    return url, create_engine(url)
+
+
+def drop_postgres(admin_url: str, database: str) -> None:
+    """Drop a database made by `fresh_postgres`."""
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+    admin.dispose()
