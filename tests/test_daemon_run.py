@@ -75,8 +75,14 @@ def test_daemon_purges_reloads_refuses_and_stops(tmp_path: Path) -> None:
         config.write_text(good + SHRED_RULE.format(name="more-copies"))
         daemon.signal(signal.SIGHUP)
         daemon.wait_metric("retentiond_config_last_reload_successful", lambda v: v == 1)
+        # At least once: when the reload lands just before a slot boundary, the run made at once
+        # and the next slot's run can both happen before the first scrape.
         daemon.wait_metric(
-            "retentiond_rule_runs_total", lambda v: v == 1, rule="more-copies", result="success"
+            "retentiond_rule_runs_total",
+            lambda v: v >= 1,
+            timeout=8.0,
+            rule="more-copies",
+            result="success",
         )
         configs = [e for e in _entries(tmp_path / "state.db") if e["kind"] == "config"]
         assert [e["action"] for e in configs] == ["load", "reload"]
