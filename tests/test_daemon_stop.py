@@ -110,14 +110,15 @@ def test_a_failing_rule_is_retried_at_its_next_slot(tmp_path: Path) -> None:
     daemon = DaemonProcess(config, port)
     try:
         daemon.wait_http()
+        # At least one failure: a start just before a slot boundary can fail twice at once.
         daemon.wait_metric(
-            "retentiond_rule_runs_total", lambda v: v == 1, rule="lab-results", result="failure"
+            "retentiond_rule_runs_total", lambda v: v >= 1, rule="lab-results", result="failure"
         )
         daemon.wait_metric(
             "retentiond_rule_last_result", lambda v: v == 1, rule="lab-results", result="failure"
         )
         errors = [e for e in _ledger(tmp_path / "state.db") if e["kind"] == "error"]
-        assert [e["rule"] for e in errors] == ["lab-results"]
+        assert errors and {e["rule"] for e in errors} == {"lab-results"}
         _lab(db, 100)  # the admin fixes it; the next slot (10 s at most) succeeds
         daemon.wait_metric(
             "retentiond_rows_deleted_total", lambda v: v == 50, timeout=20, rule="lab-results"
