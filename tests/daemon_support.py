@@ -267,3 +267,30 @@ def metric_names(exposition: str) -> set[str]:
         if line and not line.startswith("#"):
             names.add(line.split("{", 1)[0].split(" ", 1)[0])
     return names
+
+
+# A rows rule on SQLite and a files rule, for tests that need one of each kind (format directory=).
+ALL_KINDS = """
+[stores.lims]
+kind = "sql"
+url = "sqlite:///{directory}/lims.db"
+
+[stores.transfer]
+kind = "files"
+root = "{directory}/transfer"
+
+[[rules]]
+name = "lab-results"
+store = "lims"
+table = "results"
+age_column = "validated_at"
+retain = "30d"
+action = "delete"
+
+[[rules]]
+name = "transfer-exports"
+store = "transfer"
+glob = "**/*.csv"
+retain = "7d"
+action = "delete"
+"""

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tests.daemon_support import (
+    ALL_KINDS,
     SHRED_RULE,
     DaemonProcess,
     cli,
@@ -17,35 +18,15 @@ from tests.daemon_support import (
     write_daemon_config,
 )
 
-BODY = """
-[stores.lims]
-kind = "sql"
-url = "sqlite:///{directory}/lims.db"
-
-[stores.transfer]
-kind = "files"
-root = "{directory}/transfer"
-
-[[rules]]
-name = "lab-results"
-store = "lims"
-table = "results"
-age_column = "validated_at"
-retain = "30d"
-action = "delete"
-
-[[rules]]
-name = "transfer-exports"
-store = "transfer"
-glob = "**/*.csv"
-retain = "7d"
-action = "delete"
-
+BODY = (
+    ALL_KINDS
+    + """
 [[holds]]
 rule = "transfer-exports"
 path = "audit/"
 reason = "inspection in progress"
 """
+)
 
 
 def test_rows_files_and_copies_feed_their_own_counters(tmp_path: Path) -> None:

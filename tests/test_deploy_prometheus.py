@@ -19,6 +19,7 @@ import bcrypt
 import pytest
 
 from tests.daemon_support import (
+    ALL_KINDS,
     SHRED_RULE,
     DaemonProcess,
     cli,
@@ -102,32 +103,6 @@ def test_promql_name_extraction() -> None:
     assert promql_metric_names(expr) == {"a_bucket"}
     assert promql_metric_names('time() - max by (rule) (b{i="$i"})') == {"b"}
     assert promql_metric_names("up == 0 or absent(up)") == {"up"}
-
-
-ALL_KINDS = """
-[stores.lims]
-kind = "sql"
-url = "sqlite:///{directory}/lims.db"
-
-[stores.transfer]
-kind = "files"
-root = "{directory}/transfer"
-
-[[rules]]
-name = "lab-results"
-store = "lims"
-table = "results"
-age_column = "validated_at"
-retain = "30d"
-action = "delete"
-
-[[rules]]
-name = "transfer-exports"
-store = "transfer"
-glob = "**/*.csv"
-retain = "7d"
-action = "delete"
-"""
 
 
 @pytest.fixture
