@@ -4,6 +4,8 @@ Workload: a table of N rows (default 2,000,000) with a primary key and two secon
 of them expired, spread through the table. Each method gets a freshly built, vacuumed copy:
 
 - one `DELETE ... WHERE validated_at < cutoff` (the physical limit: one huge transaction);
+- for information, bare batches: as many heap-range DELETE transactions as retentiond's run made,
+  with nothing else (what batching itself costs);
 - retentiond: a real run of the rule (plan, guards, budgeted batches, journal with the keyed digest
   of every removed key, ledger entry, post-check) in a child process, with its peak RSS;
 - a loop of `DELETE ... WHERE id IN (SELECT id ... LIMIT 10000)` (what most scripts do);
@@ -100,6 +102,29 @@ def delete_once(engine: Engine) -> tuple[int, float]:
             text(f"DELETE FROM lab_results WHERE validated_at < {CUTOFF}")
         ).rowcount
     return count, time.perf_counter() - started
+
+
+def bare_batches(engine: Engine, batches: int) -> tuple[int, float]:
+    """The same number of heap-range (ctid) transactions as retentiond's run, and nothing else
+    (no plan, journal, digest or post-check): the cost of batching itself. (rows, seconds)."""
+    with engine.connect() as conn:
+        pages = int(
+            conn.execute(
+                text("SELECT pg_relation_size('lab_results') / current_setting('block_size')::int")
+            ).scalar_one()
+        )
+    step = max(1, -(-pages // batches))
+    statement = text(
+        "DELETE FROM lab_results WHERE ctid >= CAST(:low AS tid) AND ctid < CAST(:high AS tid) "
+        f"AND validated_at < {CUTOFF}"
+    )
+    total = 0
+    started = time.perf_counter()
+    for first in range(0, pages, step):
+        with engine.begin() as conn:
+            bounds = {"low": f"({first},0)", "high": f"({first + step},0)"}
+            total += conn.execute(statement, bounds).rowcount
+    return total, time.perf_counter() - started
 
 
 def limit_loop(engine: Engine) -> tuple[int, float, float]:
@@ -222,6 +247,12 @@ def main() -> int:
             f"{run['maxrss_mb']:.0f} MB, {run['method']})"
         )
         ok &= verdict("retentiond / one DELETE (rows/s)", rate / (count / once_s), 0.6)
+        build(engine, rows)
+        bare, bare_s = bare_batches(engine, run["details"]["batches"])
+        print(
+            f"  (bare batches: the same {run['details']['batches']} heap ranges with nothing else: "
+            f"{bare / bare_s:,.0f} rows/s, ratio {bare / bare_s / (count / once_s):.2f})"
+        )
         ok &= verdict("longest transaction (ms)", longest, 100, higher_is_better=False)
         ok &= verdict("peak RSS (MB)", run["maxrss_mb"], 150, higher_is_better=False)
         if not args.skip_loop:
