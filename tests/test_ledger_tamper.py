@@ -17,6 +17,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from retentiond.commands import ledger as ledger_commands
 from retentiond.errors import VerificationError
+from retentiond.ledger.fanout import Fanout
 from retentiond.ledger.merkle import CompactRange, leaf_hash
 from retentiond.ledger.note import (
     Checkpoint,
@@ -25,8 +26,15 @@ from retentiond.ledger.note import (
     sign_checkpoint,
     verifier_key,
 )
-from retentiond.ledger.signing import checkpoint_now
+from retentiond.ledger.signing import (
+    checkpoint_now,
+    key_verifier,
+    load_signer_key,
+    local_copy_path,
+    read_local_copy,
+)
 from retentiond.ledger.store import append_entry, iter_entries, list_checkpoints
+from retentiond.ledger.verify import Report, verify_export, verify_state
 from retentiond.state.models import ledger_checkpoint, ledger_entry, ledger_head
 from tests.conftest import run_cli
 from tests.ledger_support import Workspace, build_workspace
@@ -166,6 +174,34 @@ def test_tampering_with_the_state_database_is_reported(
     assert where in str(caught.value)
 
 
+# Every block of two entries hashed in a worker process, as a long ledger is.
+WORKERS = Fanout(workers=2, block=2, min_blocks=1)
+
+
+def verify_with_workers(space: Workspace) -> Report:
+    kept = read_local_copy(local_copy_path(space.key_file))
+    verifier = key_verifier(load_signer_key(space.key_file))
+    with space.engine.connect() as conn:
+        return verify_state(conn, verifier, local_copy=kept, fanout=WORKERS)
+
+
+def test_an_untouched_ledger_verifies_when_workers_hash_it(workspace: Workspace) -> None:
+    report = verify_with_workers(workspace)
+    assert report.findings.lines() == []
+    assert (report.entries, report.checkpoints, report.processes) == (10, 3, 2)
+
+
+@pytest.mark.parametrize(("tamper", "where"), STATE_CASES, ids=[c[0].__name__ for c in STATE_CASES])
+def test_tampering_is_reported_when_workers_hash_the_ledger(
+    workspace: Workspace, tamper: Callable[[Connection], None], where: str
+) -> None:
+    with workspace.engine.begin() as conn:
+        tamper(conn)
+    report = verify_with_workers(workspace)
+    assert not report.ok
+    assert where in "\n".join(report.findings.lines())
+
+
 def test_a_rolled_back_and_rewritten_ledger_is_never_signed_again(workspace: Workspace) -> None:
     with workspace.engine.begin() as conn:
         roll_back_and_rewrite_the_unsigned_tail(conn)
@@ -288,6 +324,27 @@ def test_tampering_with_an_export_is_reported(
         ledger_commands.verify(None, audit, io.StringIO())
     assert caught.value.exit_code == 3
     assert where in str(caught.value)
+
+
+def test_an_untouched_export_verifies_when_workers_hash_it(
+    exported: tuple[Path, str], tmp_path: Path
+) -> None:
+    report = verify_export(shutil.copytree(exported[0], tmp_path / "audit"), fanout=WORKERS)
+    assert report.findings.lines() == []
+    assert (report.entries, report.processes) == (11, 2)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "where"), EXPORT_CASES, ids=[c[0].__name__ for c in EXPORT_CASES]
+)
+def test_tampering_with_an_export_is_reported_when_workers_hash_it(
+    exported: tuple[Path, str], tmp_path: Path, tamper: Callable[[Path], None], where: str
+) -> None:
+    audit = shutil.copytree(exported[0], tmp_path / "audit")
+    tamper(audit)
+    report = verify_export(audit, fanout=WORKERS)
+    assert not report.ok
+    assert where in "\n".join(report.findings.lines())
 
 
 def test_an_export_rolled_back_to_an_older_checkpoint_is_reported(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_right
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from itertools import repeat
 
 HASH_SIZE = 32
@@ -118,6 +118,21 @@ def _edge_within(levels: list[list[bytes]], offset: int) -> list[bytes]:
     ]
 
 
+def block_edges(leaves: list[bytes], offsets: Iterable[int]) -> dict[int, list[bytes]]:
+    """The compact range of the first `offset` leaves of a block, for each offset asked for.
+
+    `leaves` start at a multiple of the block size. The range of all of them is always included:
+    for a whole block (a power of two) it is its root alone, for a last, shorter block the tree's
+    right edge. Offsets beyond the leaves get nothing. Hashing runs in C, with no Python step per
+    leaf or node: this is what `verify` costs.
+    """
+    count = len(leaves)
+    if not count:
+        return {}
+    levels = _levels(leaves)
+    return {offset: _edge_within(levels, offset) for offset in {*offsets, count} if offset <= count}
+
+
 class TreeBuilder:
     """Builds the RFC 6962 tree of a stream of leaf hashes, with its roots at chosen sizes.
 
@@ -125,9 +140,12 @@ class TreeBuilder:
     which needs no Python step per node, and its root joins a compact range of whole blocks. The
     roots asked for at sizes inside a block come from that block's levels (no extra hashing), so
     any number of checkpoints costs O(log n) hashes each. Memory holds about two blocks of hashes.
+
+    A block is a perfect subtree that no other leaf changes, so blocks may also be hashed
+    elsewhere (`block_edges` over the sizes `offsets` names) and handed over in order with `take`.
     """
 
-    __slots__ = ("_block", "_next", "_outer", "_pending", "_wanted", "roots")
+    __slots__ = ("_block", "_next", "_outer", "_pending", "_tail", "_tail_size", "_wanted", "roots")
 
     def __init__(self, at_sizes: Collection[int] = (), *, block: int = 1 << 16) -> None:
         if block < 1 or block & (block - 1):
@@ -135,14 +153,28 @@ class TreeBuilder:
         self._block = block
         self._outer = CompactRange()  # one "leaf" per whole block
         self._pending: list[bytes] = []
+        self._tail: list[bytes] | None = None  # the edge of a last block short of a whole one
+        self._tail_size = 0
         self._wanted = sorted({size for size in at_sizes if size > 0})
         self._next = 0  # index of the first wanted size not reached yet
         self.roots: dict[int, bytes] = {0: EMPTY_ROOT} if 0 in at_sizes else {}
 
     @property
+    def block(self) -> int:
+        """Leaves per block."""
+        return self._block
+
+    @property
     def size(self) -> int:
         """Leaves added so far."""
-        return self._outer.size * self._block + len(self._pending)
+        return self._outer.size * self._block + self._tail_size + len(self._pending)
+
+    def offsets(self, index: int) -> list[int]:
+        """The sizes asked for inside block `index`, as offsets from its first leaf."""
+        base = index * self._block
+        start = bisect_right(self._wanted, base)
+        stop = bisect_right(self._wanted, base + self._block, lo=start)
+        return [size - base for size in self._wanted[start:stop]]
 
     def add(self, leaves: Iterable[bytes]) -> None:
         """Append these leaf hashes."""
@@ -153,13 +185,36 @@ class TreeBuilder:
             return
         whole = len(pending) - len(pending) % block
         for start in range(0, whole, block):
-            levels = _levels(pending[start : start + block])
-            base = self._outer.size * block
-            self._take_roots(levels, base, base + block - 1)
-            self._outer.append(levels[-1][0])
-            for size in self._reach(base + block):
-                self.roots[size] = self._outer.root()
+            chunk = pending[start : start + block]
+            self._fold(block, block_edges(chunk, self.offsets(self._outer.size)))
         del pending[:whole]
+
+    def take(self, count: int, edges: Mapping[int, Sequence[bytes]]) -> None:
+        """Append the next block, of `count` leaves, as `block_edges` gave it with `offsets`.
+
+        Only the last block may be short of a whole one, and leaves given to `add` must have
+        made whole blocks.
+        """
+        if self._pending:
+            raise ValueError("blocks are taken only after whole blocks of leaves")
+        self._fold(count, edges)
+
+    def _fold(self, count: int, edges: Mapping[int, Sequence[bytes]]) -> None:
+        if self._tail is not None or not 0 <= count <= self._block:
+            raise ValueError("only the last block may be short of a whole block")
+        base = self._outer.size * self._block
+        whole = count == self._block
+        # Inside the block: the whole blocks' edge, then the block's own perfect subtrees.
+        for size in self._reach(base + count - 1 if whole else base + count):
+            hashes = [*self._outer._hashes, *edges[size - base]]
+            self.roots[size] = CompactRange(size, hashes).root()
+        if whole:
+            self._outer.append(edges[count][0])
+            for size in self._reach(base + count):
+                self.roots[size] = self._outer.root()
+        else:
+            self._tail = list(edges.get(count, ()))
+            self._tail_size = count
 
     def _reach(self, end: int) -> list[int]:
         # The wanted sizes up to `end` not reached before.
@@ -168,20 +223,13 @@ class TreeBuilder:
         self._next = stop
         return sizes
 
-    def _take_roots(self, levels: list[list[bytes]], base: int, end: int) -> None:
-        # Roots at the wanted sizes in (base, end], inside the block of `levels` starting at base
-        # and short of its end: the whole blocks' edge, then this block's perfect subtrees.
-        for size in self._reach(end):
-            hashes = self._outer._hashes + _edge_within(levels, size - base)
-            self.roots[size] = CompactRange(size, hashes).root()
-
     def finish(self) -> CompactRange:
         """The tree's right edge after every leaf added (the roots asked for are in `roots`)."""
-        tail = self._pending
-        levels = _levels(tail) if tail else []
-        base = self._outer.size * self._block
-        self._take_roots(levels, base, base + len(tail))
-        return CompactRange(self.size, self._outer._hashes + _edge_within(levels, len(tail)))
+        if self._pending:
+            tail = self._pending
+            self._pending = []
+            self._fold(len(tail), block_edges(tail, self.offsets(self._outer.size)))
+        return CompactRange(self.size, [*self._outer._hashes, *(self._tail or ())])
 
 
 def root_of(leaves: Iterable[bytes]) -> bytes:

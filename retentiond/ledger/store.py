@@ -37,7 +37,8 @@ from retentiond.state.models import ledger_checkpoint, ledger_entry, ledger_head
 
 _HEAD_ID = 1
 _PAGE = 10_000  # rows a PostgreSQL server-side cursor brings per round trip
-_FAST_PAGE = 2048  # rows per batch of the fast read: about 1 MB, hashed while still in cache
+_FAST_PAGE = 2048  # rows per batch of the fast read from a server: one round trip each
+_LOCAL_PAGE = 128  # rows per batch from SQLite (no round trips): small enough to stay in cache
 _first = itemgetter(0)
 
 # Statements of the append path, built once: building them costs more than running them.
@@ -202,9 +203,10 @@ def _entry_cursor(conn: Connection, start: int, end: int | None, *, full: bool) 
 
     This read is most of what `verify` costs, so rows come straight from the driver's cursor (the
     statement is still built and compiled by SQLAlchemy), the entry text turned into UTF-8 bytes by
-    the database. PostgreSQL streams through a server-side cursor, SQLite through its own cursor.
-    With `full`, rows are (seq, entry, stored leaf hash); otherwise one column, the leaf hash's
-    input 0x00 || entry (made by the database on PostgreSQL and SQLite: no Python step per row).
+    the database. PostgreSQL streams through a server-side cursor (binary results), SQLite through
+    its own cursor. With `full`, rows are (seq, entry, stored leaf hash); otherwise one column, the
+    leaf hash's input 0x00 || entry (made by the database on PostgreSQL and SQLite: no Python step
+    per row).
     """
     table = ledger_entry.c
     dialect = conn.dialect.name
@@ -227,7 +229,8 @@ def _entry_cursor(conn: Connection, start: int, end: int | None, *, full: bool) 
         params = tuple(params[name] for name in compiled.positiontup)
     driver: Any = conn.connection.driver_connection
     if dialect == "postgresql":
-        cursor = driver.cursor(name=f"ledger_scan_{secrets.token_hex(4)}")
+        # Binary results: bytea arrives as its bytes, not as hex text twice its size to decode.
+        cursor = driver.cursor(name=f"ledger_scan_{secrets.token_hex(4)}", binary=True)
         cursor.itersize = _PAGE
     else:
         cursor = driver.cursor()
@@ -260,8 +263,9 @@ def leaf_input_batches(
     """
     cursor = _entry_cursor(conn, start, end, full=False)
     native = conn.dialect.name in ("postgresql", "sqlite")  # the query already made them
+    page = _LOCAL_PAGE if conn.dialect.name == "sqlite" else _FAST_PAGE
     try:
-        while rows := cursor.fetchmany(_FAST_PAGE):
+        while rows := cursor.fetchmany(page):
             if native:
                 yield list(map(_first, rows))
             else:

@@ -14,9 +14,10 @@ What is checked:
   fields, canonical form, seq field, origin) and compared with their stored leaf hash. Entries
   covered by one were, at signing time: `store.write_checkpoint` re-checks every entry appended
   since the previous checkpoint before it signs, and afterwards the signed root pins their bytes, so
-  the pass over them only hashes (that is what makes `verify` fast). Any disagreement (a root, a
-  gap) triggers a second pass that checks every entry from where the trees diverge, to say exactly
-  where. ``deep=True`` checks every entry's form in the first pass.
+  the pass over them only hashes (that is what makes `verify` fast; on a long ledger, worker
+  processes share it, see `fanout`). Any disagreement (a root, a gap) triggers a second pass that
+  checks every entry from where the trees diverge, to say exactly where. ``deep=True`` checks every
+  entry's form in the first pass.
 
 What an insider with write access to the state database, but not to the signing key, can do:
 
@@ -42,12 +43,14 @@ the one published by the ledger's owner.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import URL
 
+from retentiond.ledger.fanout import Fanout, Reader, Span, hash_spans, machine_fanout, spans_of
 from retentiond.ledger.merkle import CompactRange
 from retentiond.ledger.note import (
     Checkpoint,
@@ -67,11 +70,13 @@ from retentiond.ledger.store import (
     read_head,
     seq_span,
 )
+from retentiond.state.db import create_state_engine
 
 ENTRIES_FILE = "entries.jsonl"
 CHECKPOINT_FILE = "checkpoint"
 PUBLIC_KEY_FILE = "ledger.pub"
 _EXPORT_BATCH = 1 << 18  # bytes of entries.jsonl read at a time: hashed while still in cache
+_ENTRY_BYTES = 512  # a run's entry, with its digests: how many lines a file of this size holds
 
 
 @dataclass
@@ -84,6 +89,7 @@ class Report:
     latest: Checkpoint | None = None
     findings: Findings = field(default_factory=Findings)
     notes: list[str] = field(default_factory=list)
+    processes: int = 1  # that hashed the entries covered by checkpoints
 
     @property
     def ok(self) -> bool:
@@ -189,14 +195,50 @@ def _seq_gaps(conn: Connection, covered: int, read: int, findings: Findings) -> 
         findings.add(f"seq 0-{covered - 1}", "seq numbers have gaps (entries removed)")
 
 
+def _state_reader(url: URL) -> Callable[[], Reader]:
+    def open_reader() -> Reader:
+        # In a worker: an engine of its own, so that no connection of the caller is ever used (or
+        # closed) there.
+        engine: Engine = create_state_engine(url)
+
+        def read(first: int, end: int) -> Iterator[list[bytes]]:
+            with engine.connect() as conn:
+                yield from leaf_input_batches(conn, first, end)
+
+        return read
+
+    return open_reader
+
+
+def _hash_covered(
+    conn: Connection, covered: int, sizes: set[int], fanout: Fanout, report: Report
+) -> tuple[CompactRange, dict[int, bytes]]:
+    """The tree of the entries below `covered` (those checkpoints cover): hashing only."""
+    url = conn.engine.url
+    separate = url.get_backend_name() != "sqlite" or url.database not in (None, "", ":memory:")
+    if separate and fanout.worth(covered):
+        spans = spans_of(covered, fanout.block)
+        hashed = hash_spans(spans, _state_reader(url), fanout=fanout, at_sizes=sizes)
+        if hashed is not None:
+            report.processes = fanout.workers
+            return hashed
+    return hash_tree(leaf_input_batches(conn, 0, covered), at_sizes=sizes)
+
+
 def verify_state(
-    conn: Connection, verifier: Verifier, *, local_copy: str | None = None, deep: bool = False
+    conn: Connection,
+    verifier: Verifier,
+    *,
+    local_copy: str | None = None,
+    deep: bool = False,
+    fanout: Fanout | None = None,
 ) -> Report:
     """Verify the ledger of a state database against the ledger's verifier key.
 
     `local_copy` is the checkpoint kept beside the signing key, read before this call: reads go
     copy, checkpoints, head, entries, so that appends and checkpoints made meanwhile by a running
-    daemon are never mistaken for tampering.
+    daemon are never mistaken for tampering. `fanout` shares the hashing of a long ledger among
+    worker processes (by default, one per core, up to two).
     """
     report = Report(key_id=verifier.key_id)
     stored = list_checkpoints(conn)
@@ -214,7 +256,8 @@ def verify_state(
     end = None if head is None else head.tree_size
     covered = 0 if deep else min(largest, end or 0)
     sizes = {item.checkpoint.tree_size for item in signed}
-    edge, roots = hash_tree(leaf_input_batches(conn, 0, covered), at_sizes=sizes)
+    fanout = machine_fanout() if fanout is None else fanout
+    edge, roots = _hash_covered(conn, covered, sizes, fanout, report)
     gaps = Findings()
     _seq_gaps(conn, covered, edge.size, gaps)
     tail = scan_entries(
@@ -264,16 +307,24 @@ def _check_beyond_head(conn: Connection, head: Head | None, report: Report) -> N
         report.notes.append(f"{last + 1 - size} entries were appended during verification")
 
 
-def export_leaf_inputs(path: Path, chunk: int = _EXPORT_BATCH) -> Iterator[list[bytes]]:
+def export_leaf_inputs(
+    path: Path, chunk: int = _EXPORT_BATCH, span: tuple[int, int] | None = None
+) -> Iterator[list[bytes]]:
     """0x00 || line for each line of entries.jsonl, a batch at a time (the fast read).
 
     One replace puts the prefix after every newline and one split cuts the lines: no Python step
     per line. A last line without its newline is an entry too, an empty line an empty entry.
+    `span` limits the read to bytes [first, end), which must start a line.
     """
+    first, end = span or (0, None)
     # The start of a line that a later chunk ends, joined once: a long line costs no quadratic copy.
     held = [b"\x00"]
     with open(path, "rb", buffering=0) as handle:
-        while data := handle.read(chunk):
+        handle.seek(first)
+        left = None if end is None else end - first
+        while data := handle.read(chunk if left is None else min(chunk, left)):
+            if left is not None:
+                left -= len(data)
             pieces = data.replace(b"\n", b"\n\x00").split(b"\n")
             if len(pieces) == 1:
                 held.append(data)
@@ -287,6 +338,52 @@ def export_leaf_inputs(path: Path, chunk: int = _EXPORT_BATCH) -> Iterator[list[
         yield [last]
 
 
+def export_spans(path: Path, block: int, chunk: int = 1 << 20) -> Iterator[Span]:
+    """(first byte, end byte, lines) of each run of `block` lines of entries.jsonl, then the rest.
+
+    Lines as `export_leaf_inputs` cuts them. Newlines are counted in C, a chunk at a time; only
+    in the chunk where a run ends are they found one by one.
+    """
+    start = lines = offset = 0  # where the current run starts, its newlines, bytes read
+    ends_line = True
+    with open(path, "rb", buffering=0) as handle:
+        while data := handle.read(chunk):
+            count = data.count(b"\n")
+            at = 0
+            while lines + count >= block:
+                for _ in range(block - lines):
+                    at = data.index(b"\n", at) + 1
+                count -= block - lines
+                yield start, offset + at, block
+                start, lines = offset + at, 0
+            lines += count
+            offset += len(data)
+            ends_line = data.endswith(b"\n")
+    if offset > start:
+        yield start, offset, lines if ends_line else lines + 1
+
+
+def _export_reader(path: Path) -> Callable[[], Reader]:
+    def open_reader() -> Reader:
+        return lambda first, end: export_leaf_inputs(path, span=(first, end))
+
+    return open_reader
+
+
+def _hash_export(
+    path: Path, at_sizes: set[int], fanout: Fanout, report: Report
+) -> tuple[CompactRange, dict[int, bytes]]:
+    """The tree of every line of entries.jsonl: hashing only."""
+    # The size tells whether workers pay: lines are counted only while the workers hash.
+    if fanout.worth(path.stat().st_size // _ENTRY_BYTES):
+        spans = export_spans(path, fanout.block)
+        hashed = hash_spans(spans, _export_reader(path), fanout=fanout, at_sizes=at_sizes)
+        if hashed is not None:
+            report.processes = fanout.workers
+            return hashed
+    return hash_tree(export_leaf_inputs(path), at_sizes=at_sizes)
+
+
 def _export_rows(path: Path) -> Iterator[tuple[int, bytes, bytes | None]]:
     seq = 0
     for batch in export_leaf_inputs(path):
@@ -295,8 +392,17 @@ def _export_rows(path: Path) -> Iterator[tuple[int, bytes, bytes | None]]:
             seq += 1
 
 
-def verify_export(directory: Path, *, public_key: str | None = None, deep: bool = False) -> Report:
-    """Verify an export with nothing but its files (or another public key given by the auditor)."""
+def verify_export(
+    directory: Path,
+    *,
+    public_key: str | None = None,
+    deep: bool = False,
+    fanout: Fanout | None = None,
+) -> Report:
+    """Verify an export with nothing but its files (or another public key given by the auditor).
+
+    `fanout` as for `verify_state`.
+    """
     report = Report(key_id="?")
     paths = {name: directory / name for name in (ENTRIES_FILE, CHECKPOINT_FILE, PUBLIC_KEY_FILE)}
     missing = [name for name, path in paths.items() if not path.is_file()]
@@ -322,7 +428,8 @@ def verify_export(directory: Path, *, public_key: str | None = None, deep: bool 
     report.checkpoints, report.latest = 1, cp
     entries = paths[ENTRIES_FILE]
     # Every line must be covered by the checkpoint: hash them all, then look at what is past it.
-    edge, roots = hash_tree(export_leaf_inputs(entries), at_sizes={cp.tree_size})
+    fanout = machine_fanout() if fanout is None else fanout
+    edge, roots = _hash_export(entries, {cp.tree_size}, fanout, report)
     report.entries = edge.size
     suspect = _check_roots([_Signed("the checkpoint", cp)], roots, edge.size, report)
     if edge.size > cp.tree_size:
