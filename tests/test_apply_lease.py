@@ -1,7 +1,7 @@
 """`retentiond apply` under leases: a rule a daemon runs is not run twice, a long run keeps its lease.
 
-Real processes on a real SQLite state database; a purge is made to last seconds by a big table and
-the smallest batch budget.
+Real processes on a real SQLite state database; a purge is made to last as long as a test needs by a
+big table, the smallest batch budget and a slow trigger on the table.
 """
 
 from __future__ import annotations
@@ -48,6 +48,24 @@ action = "delete"
 max_fraction = 0.9
 """
 BIG = 300_000  # rows: at a 5 ms batch budget, a purge of half of them lasts several seconds
+
+
+def _slow_down(directory: Path) -> None:
+    """Each deleted row fires a trigger that reads a filler table (an audit trigger does work
+    like it), so a purge lasts as long as the test needs however fast the machine."""
+    with sqlite3.connect(directory / "lims.db", timeout=10) as conn:
+        conn.execute("CREATE TABLE filler (x INTEGER)")
+        conn.executemany("INSERT INTO filler VALUES (?)", ((i,) for i in range(20_000)))
+        conn.execute(
+            "CREATE TRIGGER slow_delete AFTER DELETE ON results "
+            "BEGIN SELECT count(*) FROM filler WHERE x >= 0; END"
+        )
+
+
+def _speed_up(directory: Path) -> None:
+    """Drop the trigger of `_slow_down`: a stopping run ends its batch quickly."""
+    with sqlite3.connect(directory / "lims.db", timeout=10) as conn:
+        conn.execute("DROP TRIGGER slow_delete")
 
 
 def _lab(directory: Path, rows: int) -> None:
@@ -147,6 +165,7 @@ def _wait_purging(directory: Path, process: subprocess.Popen[str] | DaemonProces
 
 def test_apply_does_not_run_a_rule_a_daemon_is_running(tmp_path: Path) -> None:
     config, port = _setup(tmp_path, BIG, "every 1h")
+    _slow_down(tmp_path)
     daemon = DaemonProcess(config, port)
     try:
         _wait_purging(tmp_path, daemon)
@@ -155,7 +174,8 @@ def test_apply_does_not_run_a_rule_a_daemon_is_running(tmp_path: Path) -> None:
         one_out, one_err = one.communicate(timeout=60)
         every = _start_apply(config, "--json")
         every_out, every_err = every.communicate(timeout=60)
-        assert _rows(tmp_path) > BIG // 2, "the daemon's purge ended too soon; make it bigger"
+        assert _rows(tmp_path) > BIG // 2, "the daemon's purge ended too soon"
+        _speed_up(tmp_path)
         code, _ = daemon.stop()
     finally:
         daemon.close()
@@ -207,6 +227,7 @@ def test_apply_releases_its_lease_and_a_daemon_takes_the_next_slot(tmp_path: Pat
 def test_a_run_longer_than_its_lease_keeps_it_and_sigterm_releases_it(tmp_path: Path) -> None:
     # "every 10s": a lease of 5 s, renewed every third of it while the run goes on.
     config, _ = _setup(tmp_path, BIG, "every 10s")
+    _slow_down(tmp_path)
     first = _start_apply(config, "--rule", "lab-results")
     try:
         _wait_purging(tmp_path, first)
@@ -223,6 +244,7 @@ def test_a_run_longer_than_its_lease_keeps_it_and_sigterm_releases_it(tmp_path: 
         assert second.returncode == 1, out + err
         assert f"rule lab-results: not run: {_owner(first.pid)} is running it" in err
         assert first.poll() is None, "make the purge longer"
+        _speed_up(tmp_path)
         stopped = time.monotonic()
         first.send_signal(signal.SIGTERM)
         out, err = first.communicate(timeout=30)
