@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from retentiond import __version__
-from retentiond.errors import RetentiondError
+from retentiond.errors import RetentiondError, describe_error
 
 log = logging.getLogger("retentiond")
 
@@ -305,6 +305,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if not isinstance(exc, SQLAlchemyError):
+            raise
+        # A database lost between the steps that record their own failures (the state database
+        # restarting, full or locked): what was done is in the state database or reconciled later.
+        print(f"retentiond: a database failed: {describe_error(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

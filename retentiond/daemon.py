@@ -26,13 +26,14 @@ from types import FrameType
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from retentiond import __version__
 from retentiond.commands.common import open_state, sign_checkpoint
 from retentiond.config import Config, LoadedConfig, Rule, load_config
 from retentiond.config.model import FilesStore
 from retentiond.config.secrets import redacted
-from retentiond.errors import ConfigError, RetentiondError
+from retentiond.errors import ConfigError, RetentiondError, describe_error
 from retentiond.lease import Lease, LeaseBook, latest_slot, lease_ttl, utcnow
 from retentiond.ledger.signing import load_signer_key
 from retentiond.ledger.store import append_entry, read_head
@@ -205,6 +206,9 @@ class Daemon:
     def _log_failure(self, exc: BaseException) -> None:
         """Log a failed cycle; the same failure again only once a minute, not every cycle."""
         text = _describe(exc)
+        if isinstance(exc, SQLAlchemyError):
+            # Every database the cycle touches is the state database.
+            text = f"the state database failed: {text}; retrying"
         now = time.monotonic()
         if text != self._last_failure[0] or now - self._last_failure[1] >= 60:
             log.error("main loop: %s", text)
@@ -466,7 +470,9 @@ class Daemon:
         A failure is logged, not raised: the run goes ahead (and records its own failure when the
         store is down), and settling is tried again before the next run.
         """
-        gone = {lease.abandoned_by} if lease.abandoned_by else set()
+        # This daemon runs a rule once at a time: under the rule's lease, a run still open in its
+        # own name was left by a worker that lost the state database, and is not running.
+        gone = {lease.owner} | ({lease.abandoned_by} if lease.abandoned_by else set())
         try:
             settled = runner.reconcile(rules={name}, gone_owners=gone)
         except Exception as exc:  # the reconcile's boundary
@@ -578,10 +584,9 @@ def _trim_memory() -> None:
 
 
 def _describe(exc: BaseException) -> str:
-    """Our own messages are free of personal data; a driver's may quote row values: class only."""
-    if isinstance(exc, RetentiondError):
-        return str(exc)
-    return type(exc).__name__
+    """Our own messages are free of personal data; a driver's may quote row values: its class
+    and code only."""
+    return describe_error(exc)
 
 
 def run_daemon(config_path: Path | None) -> int:

@@ -49,3 +49,30 @@ class RuleError(RetentiondError):
 
 class ClockError(RetentiondError):
     """The local clock is earlier than the newest ledger entry: it went back, so file ages lie."""
+
+
+# What SQLite's own result codes mean, in the words an administrator searches for.
+_SQLITE_WORDS = {
+    "SQLITE_BUSY": "the database is locked by another process",
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_READONLY": "the database is read-only",
+    "SQLITE_CANTOPEN": "the database file cannot be opened",
+}
+
+
+def describe_error(exc: BaseException) -> str:
+    """Our own message, or a driver error's class and code: never a driver's message text, which
+    may quote row values."""
+    if isinstance(exc, RetentiondError):
+        return str(exc)
+    orig = getattr(exc, "orig", None)
+    args = getattr(orig, "args", ())
+    code = (
+        getattr(orig, "sqlite_errorname", None)  # SQLite
+        or getattr(orig, "sqlstate", None)  # PostgreSQL
+        or (args[0] if args and isinstance(args[0], int) else None)  # MySQL, MariaDB
+    )
+    if code is None:
+        return type(exc).__name__
+    words = _SQLITE_WORDS.get(str(code))
+    return f"{type(exc).__name__} ({code}{': ' + words if words else ''})"

@@ -34,3 +34,6 @@ def setup_logging(verbose: bool = False, level: str | None = None) -> None:
     root.setLevel(getattr(logging, chosen.upper()))
     for noisy in ("sqlalchemy", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A pooled connection whose server went away fails its reset and is discarded; the pool logs
+    # the driver's traceback at ERROR although nothing failed. What does fail reaches our code.
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)

@@ -20,6 +20,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -265,7 +266,7 @@ def _remove(metric: Any, *labels: str) -> None:
 
 # --- the HTTP endpoint -------------------------------------------------------------------------
 
-MAX_CONNECTIONS = 16  # more at once are refused: a scrape is one connection every few seconds
+MAX_CONNECTIONS = 16  # a scrape is one connection every few seconds; see _Server._make_room
 REQUEST_TIMEOUT = 5.0  # seconds a socket read or write may block
 REQUEST_DEADLINE = 10.0  # seconds a connection may live, however slowly it trickles
 _AUTH_CACHE_SIZE = 64
@@ -333,16 +334,28 @@ class _Handler(BaseHTTPRequestHandler):
         self._deadline = threading.Timer(REQUEST_DEADLINE, _shutdown, (self.request,))
         self._deadline.daemon = True
         self._deadline.start()
+        self.server.waiting(self.request, True)
         try:
             super().setup()
             if isinstance(self.request, ssl.SSLSocket):
                 self.request.do_handshake()  # here, in the connection's thread, under its timeout
         except BaseException:
             self._deadline.cancel()  # finish() is not called when setup() fails
+            self.server.waiting(self.request, False)
             raise
+
+    def handle_one_request(self) -> None:
+        self.server.waiting(self.request, True)  # until a whole request head has come
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        self.server.waiting(self.request, False)
+        return parsed
 
     def finish(self) -> None:
         self._deadline.cancel()
+        self.server.waiting(self.request, False)
         with contextlib.suppress(OSError):
             super().finish()
 
@@ -416,17 +429,39 @@ class _Server(ThreadingHTTPServer):
         self.auth = auth
         self.health = health
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        # Connections still waiting for a request head, and since when (monotonic).
+        self._waiting: dict[Any, float] = {}
+        self._waiting_lock = threading.Lock()
         super().__init__(address, _Handler)
         if tls is not None:
             self.socket = tls.wrap_socket(
                 self.socket, server_side=True, do_handshake_on_connect=False
             )
 
+    def waiting(self, request: Any, idle: bool) -> None:
+        """Mark a connection as waiting for a request head (it may be dropped), or not."""
+        with self._waiting_lock:
+            if idle:
+                self._waiting.setdefault(request, time.monotonic())
+            else:
+                self._waiting.pop(request, None)
+
+    def _make_room(self) -> bool:
+        """Every slot is taken: drop the connection that has waited longest for a request head
+        (idle or trickling peers must not lock a scrape out); True when a slot came free."""
+        with self._waiting_lock:
+            oldest = min(self._waiting, key=self._waiting.__getitem__, default=None)
+            if oldest is not None:
+                del self._waiting[oldest]
+        if oldest is None:
+            return False
+        _shutdown(oldest)  # its thread's read ends now, and the thread gives its slot back
+        return self._slots.acquire(timeout=1.0)
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(
-                request
-            )  # full: refuse at once rather than queue behind a slow one
+        if not self._slots.acquire(blocking=False) and not self._make_room():
+            # Full of requests being answered: refuse at once rather than queue behind them.
+            self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)

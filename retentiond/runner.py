@@ -27,7 +27,7 @@ from retentiond.config import LoadedConfig, Rule, rule_hash
 from retentiond.config.model import FilesStore, SqlStore
 from retentiond.config.secrets import store_url
 from retentiond.engine import Outcome, Plan, Target, TargetContext
-from retentiond.errors import ClockError, RetentiondError
+from retentiond.errors import ClockError, RetentiondError, describe_error
 from retentiond.holds import holds_for_rule
 from retentiond.journal import StateJournal, pending_batches, run_totals
 from retentiond.lease import owner_gone
@@ -217,15 +217,10 @@ class Runner:
                 return self._refuse(rule, run_id, plan, refusal, started)
             return self._execute(rule, run_id, target, plan, stop, started)
         except Exception as exc:
-            log.error(
-                "rule %s failed: %s",
-                rule.name,
-                exc if isinstance(exc, RetentiondError) else type(exc).__name__,
-            )
+            log.error("rule %s failed: %s", rule.name, describe_error(exc))
             log.debug(
                 "rule %s failure details", rule.name, exc_info=not isinstance(exc, RetentiondError)
             )
-            seq = self._error_entry(rule, run_id, exc)
             report = RunReport(
                 rule.name,
                 "failure",
@@ -234,11 +229,26 @@ class Runner:
                 None,
                 str(exc) if isinstance(exc, RetentiondError) else type(exc).__name__,
                 time.monotonic() - started,
-                seq,
+            )
+            return self._record_failure(rule, report, exc)
+
+    def _record_failure(self, rule: Rule, report: RunReport, exc: BaseException) -> RunReport:
+        """The failure's ledger entry and rule state; when the state database itself is what
+        failed, a log line instead: an open run is reconciled once the database is back."""
+        try:
+            report = dataclasses.replace(
+                report, ledger_seq=self._error_entry(rule, report.run_id, exc)
             )
             with self.state.begin() as conn:
                 _save_rule_state(conn, rule, report, success=False)
-            return report
+        except Exception as lost:
+            log.error(
+                "rule %s: the failure cannot be recorded, the state database failed: %s; an open "
+                "run is reconciled when it is back",
+                rule.name,
+                describe_error(lost),
+            )
+        return report
 
     def _refuse(self, rule: Rule, run_id: str, plan: Plan, why: str, started: float) -> RunReport:
         log.warning("rule %s refused: %s", rule.name, why)

@@ -12,10 +12,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
+
+if TYPE_CHECKING:
+    from tests.server_support import ScratchMariadb, ScratchPostgres
 
 POSTGRES_ENV = "RETENTIOND_TEST_POSTGRES_URL"
 MYSQL_ENV = "RETENTIOND_TEST_MYSQL_URL"
@@ -118,3 +122,27 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+@pytest.fixture(scope="session")
+def scratch_postgres() -> Iterator[ScratchPostgres]:
+    """A throwaway PostgreSQL cluster that tests may restart or stop (never the shared server)."""
+    from tests.server_support import start_scratch_postgres
+
+    server = start_scratch_postgres()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(scope="session")
+def scratch_mariadb() -> Iterator[ScratchMariadb]:
+    """A throwaway MariaDB server that tests may kill and start again (never the shared server)."""
+    from tests.server_support import start_scratch_mariadb
+
+    server = start_scratch_mariadb()
+    try:
+        yield server
+    finally:
+        server.destroy()

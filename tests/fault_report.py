@@ -25,10 +25,13 @@ START, END = "<!-- reliability:start -->", "<!-- reliability:end -->"
 SUITES = [
     "tests/test_fault_kill.py",
     "tests/test_fault_sql.py",
+    "tests/test_fault_restart.py",
+    "tests/test_fault_state.py",
     "tests/test_hostile_config.py",
     "tests/test_hostile_sql.py",
     "tests/test_hostile_files.py",
     "tests/test_hostile_ledger.py",
+    "tests/test_hostile_http.py",
     "tests/test_leak_scan.py",
 ]
 FIELDS = ("faults", "trials", "checks", "violations", "bad_inputs", "scanned", "leaks")

@@ -29,6 +29,7 @@ from tenacity import (
 )
 
 from retentiond.engine import BatchJournal
+from retentiond.errors import RuleError
 from retentiond.stores.sql_cascade import (
     BatchMismatch,
     CascadeNode,
@@ -47,9 +48,20 @@ from retentiond.stores.sql_walk import BatchSizer
 
 _ATTEMPTS = 6
 _DROP_ATTEMPTS = 3  # an exclusive lock the application keeps refusing: fall back sooner
+_RESOLVE_ATTEMPTS = 9  # about 8 s for the target to come back after a failed commit
 _CHUNK = 1000
 
 PresenceCheck = Callable[[Connection, Sequence[bytes]], set[bytes]]
+
+
+class UnresolvedCommit(RuleError):
+    """A commit failed and the target stayed unreachable: what it removed is settled later."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(
+            f"the target database was lost during a commit and stayed unreachable ({cause}); "
+            "the batch is settled from what is left when the run is reconciled"
+        )
 
 
 @dataclass
@@ -211,14 +223,25 @@ class Recorder:
         else:
             self.journal.complete(batch_id, keys, nbytes, items)
 
+    def _present_now(self, keys: Sequence[bytes]) -> set[bytes]:
+        with self.engine.connect() as conn:
+            return self.present(conn, keys)
+
     def _resolve(self, batch_id: int, keys: list[bytes], nbytes: int, items: int | None) -> None:
-        """After a failed commit, record what is gone; with the target unreachable, leave the
-        write-ahead pending for the reconciliation at the next start."""
+        """After a failed commit, record what is gone before the batch may be retried.
+
+        A retry while this is unknown would remove the same keys under another batch, and the
+        pending one, settled later from what is left, would count them a second time. A target
+        that stays unreachable (a server restarting for longer) stops the run instead: the
+        write-ahead stays pending for the reconciliation, and nothing is retried."""
         try:
-            with self.engine.connect() as conn:
-                still = self.present(conn, keys)
-        except Exception:
-            return
+            still: set[bytes] = Retrying(
+                stop=stop_after_attempt(_RESOLVE_ATTEMPTS),
+                wait=wait_exponential(multiplier=0.05, max=2.0),
+                reraise=True,
+            )(self._present_now, keys)
+        except Exception as exc:
+            raise UnresolvedCommit(type(exc).__name__) from None
         gone = [k for k in keys if k not in still]
         whole = len(gone) == len(keys)
         share = nbytes * len(gone) // max(1, len(keys))
