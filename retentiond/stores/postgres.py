@@ -33,6 +33,7 @@ from sqlalchemy import (
     table,
     text,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import ExecutableDDLElement
@@ -379,6 +380,10 @@ class PostgresDialect(SqlDialect):
         if state in _TIMEOUTS:
             return TIMEOUT
         if state in _TRANSIENT or (state or "").startswith("08"):
+            return TRANSIENT
+        if state is None and isinstance(exc, sa_exc.OperationalError):
+            # No SQLSTATE: the server was never reached or went away (restarting, refusing
+            # connections); the batch's transaction is gone with it, so trying again is safe.
             return TRANSIENT
         return super().classify(exc)
 
