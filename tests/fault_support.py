@@ -178,12 +178,17 @@ class Killer:
         self.stats = stats
         child = self.start(args)
         self.wait_started(child)
+        began = time.monotonic()
         time.sleep(self.rng.uniform(0, self.run_seconds))
         if during is not None:
             during()
         alive = child.poll() is None
         if alive:
             os.kill(child.pid, signal.SIGKILL)
+        else:
+            # Runs got faster than the calibrated one (the machine got quieter): draw the next
+            # kill times over what a run takes now, or later trials would kill nothing.
+            self.run_seconds = max(0.05, min(self.run_seconds, time.monotonic() - began) * 0.8)
         child.wait(timeout=60)
         stats.trials += 1
         stats.mid_run += int(alive)
