@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,25 +210,45 @@ class Visit:
                 yield chunk
 
 
+@dataclass(frozen=True)
+class Split:
+    """One process's part of a walk that several processes make together.
+
+    Each directory at `depth` goes, with everything under it, to the one process that `owns` its
+    relative path: the others never open it. The levels above are walked by every process, which
+    count what they meet there in `above` (the walk's own tally in one process, a scratch one in
+    the others).
+    """
+
+    depth: int
+    owns: Callable[[str], bool]
+    above: Tally
+
+
 def walk(
     root: Root,
     fixed: Sequence[str],
     max_depth: int | None,
     tally: Tally,
     every_entry: bool = False,
+    split: Split | None = None,
 ) -> Iterator[Visit]:
     """Visit every directory under the root, depth first: entering, then leaving each one.
 
     `fixed` names the first directories literally (the walk goes straight down them); `max_depth`
-    is the deepest level whose files are wanted (None: no limit). The root's handle stays the
-    caller's; every other handle is released when the walk leaves its directory.
+    is the deepest level whose files are wanted (None: no limit); `split` limits the walk to this
+    process's subtrees. The root's handle stays the caller's; every other handle is released when
+    the walk leaves its directory.
     """
+
+    def tally_at(depth: int) -> Tally:
+        return tally if split is None or depth >= split.depth else split.above
 
     def visit(handle: DirHandle) -> Visit:
         depth = handle.depth
         descend = max_depth is None or depth < max_depth
         fixed_name = fixed[depth] if depth < len(fixed) else None
-        return Visit(handle, False, descend, fixed_name, tally, every_entry)
+        return Visit(handle, False, descend, fixed_name, tally_at(depth), every_entry)
 
     first = visit(root.handle)
     yield first
@@ -243,10 +263,14 @@ def walk(
                     handle.release()
                 yield Visit(handle, True, False, None, tally)
                 continue
-            child = open_subdir(root, handle, name, tally)
+            depth = handle.depth + 1
+            if split is not None and depth == split.depth and not split.owns(handle.prefix + name):
+                continue  # another process's subtree
+            counts = tally_at(depth)
+            child = open_subdir(root, handle, name, counts)
             if child is None:
                 continue
-            tally.dirs += 1
+            counts.dirs += 1
             entering = visit(child)
             # On the stack before it is yielded, so that a walk closed early still releases it.
             stack.append((child, iter(())))
@@ -256,6 +280,11 @@ def walk(
         for handle, _ in stack:
             if handle is not root.handle:
                 handle.release()
+
+
+def subdir_names(handle: DirHandle, tally: Tally) -> list[str]:
+    """The names of the subdirectories of `handle`'s directory, listed as the walk lists them."""
+    return Visit(handle, False, True, None, tally).finish()
 
 
 def open_path(root: Root, parts: Sequence[str], tally: Tally) -> DirHandle | None:
