@@ -470,11 +470,8 @@ class Daemon:
         A failure is logged, not raised: the run goes ahead (and records its own failure when the
         store is down), and settling is tried again before the next run.
         """
-        # This daemon runs a rule once at a time: under the rule's lease, a run still open in its
-        # own name was left by a worker that lost the state database, and is not running.
-        gone = {lease.owner} | ({lease.abandoned_by} if lease.abandoned_by else set())
         try:
-            settled = runner.reconcile(rules={name}, gone_owners=gone)
+            settled = runner.reconcile(rules={name}, gone_owners=lease.gone_owners())
         except Exception as exc:  # the reconcile's boundary
             log.error("rule %s: cannot reconcile an interrupted run yet: %s", name, _describe(exc))
             return

@@ -104,6 +104,12 @@ class Lease:
     # the state database) and may have left a run open.
     abandoned_by: str | None = None
 
+    def gone_owners(self) -> set[str]:
+        """Owners whose runs of this rule, still open, are not running: the holder's own (a
+        holder runs a rule once at a time, so an open run in its name was cut short, by a lost
+        state database) and the abandoning daemon's."""
+        return {self.owner} | ({self.abandoned_by} if self.abandoned_by else set())
+
 
 @dataclass(frozen=True)
 class Attempt:

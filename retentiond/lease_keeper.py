@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from types import TracebackType
 
+from retentiond.errors import describe_error
 from retentiond.lease import Lease, LeaseBook
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ class LeaseKeeper:
                     renewed = self.book.renew(self.lease, self.ttl)
                 except Exception as exc:  # the state database is away: try again next time
                     log.warning(
-                        "rule %s: cannot renew the lease yet: %s", self.lease.rule, _describe(exc)
+                        "rule %s: cannot renew the lease yet: %s",
+                        self.lease.rule,
+                        describe_error(exc),
                     )
                     continue
                 if renewed is None:
@@ -84,11 +87,6 @@ class LeaseKeeper:
                         "rule %s: cannot release the lease; it expires within %ds: %s",
                         self.lease.rule,
                         self.ttl.total_seconds(),
-                        _describe(exc),
+                        describe_error(exc),
                     )
         self._thread.join()
-
-
-def _describe(exc: BaseException) -> str:
-    # A driver's message may quote row values: its class only.
-    return type(exc).__name__

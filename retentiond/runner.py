@@ -45,7 +45,7 @@ class RunReport:
     """How one run ended, for the command line, the daemon and the metrics."""
 
     rule: str
-    result: str  # success, failure, refused
+    result: str  # success, failure, refused; busy: held by another process, not run (apply)
     run_id: str
     plan: Plan | None
     outcome: Outcome | None

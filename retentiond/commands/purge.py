@@ -200,9 +200,7 @@ def _apply_rule(
 
 def _settle(runner: Runner, name: str, lease: Lease) -> None:
     """Reconcile the interrupted runs of a rule whose lease this process holds."""
-    # `apply` runs one rule at a time: under the lease, a run open in its own name is not running.
-    gone = {lease.owner} | ({lease.abandoned_by} if lease.abandoned_by else set())
-    runner.reconcile(rules={name}, gone_owners=gone)
+    runner.reconcile(rules={name}, gone_owners=lease.gone_owners())
 
 
 def _settle_others(runner: Runner, book: LeaseBook, config: Config, selected: set[str]) -> None:

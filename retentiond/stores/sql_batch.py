@@ -29,7 +29,7 @@ from tenacity import (
 )
 
 from retentiond.engine import BatchJournal
-from retentiond.errors import RuleError
+from retentiond.errors import RuleError, describe_error
 from retentiond.stores.sql_cascade import (
     BatchMismatch,
     CascadeNode,
@@ -241,7 +241,7 @@ class Recorder:
                 reraise=True,
             )(self._present_now, keys)
         except Exception as exc:
-            raise UnresolvedCommit(type(exc).__name__) from None
+            raise UnresolvedCommit(describe_error(exc)) from None
         gone = [k for k in keys if k not in still]
         whole = len(gone) == len(keys)
         share = nbytes * len(gone) // max(1, len(keys))
