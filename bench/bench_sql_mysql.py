@@ -14,29 +14,22 @@ Usage: python bench/bench_sql_mysql.py [--rows N | --quick] [--url URL]
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sql_bench_common import measured_apply, verdict, write_config
+import sql_bench_common as common
 
-RULE = """[[rules]]
-name = "lab-results"
-store = "lab"
-table = "lab_results"
-age_column = "validated_at"
-retain = "365d"
-action = "delete"
-max_fraction = 0.6
-"""
+DATABASE = "retentiond_bench"
+QUICK_ROWS = 200_000
+MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
+RULE = common.rule_toml("lab_results", "365d")
 WHERE = "validated_at < NOW() - INTERVAL 365 DAY"
 
 
@@ -88,46 +81,23 @@ def pt_archiver(url: str) -> tuple[int, float]:
 
 def main() -> int:
     """Build, measure side by side, print the ratio; exit 1 if the target is missed."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=2_000_000)
-    parser.add_argument("--quick", action="store_true", help="200,000 rows")
-    parser.add_argument("--url", default="mysql+pymysql://root@127.0.0.1:3306/test")
-    args = parser.parse_args()
+    args = common.bench_parser(__doc__, QUICK_ROWS, MYSQL_URL).parse_args()
     if shutil.which("pt-archiver") is None:
         print("pt-archiver is missing: apt-get install percona-toolkit", file=sys.stderr)
         return 2
-    rows = 200_000 if args.quick else args.rows
-    admin = create_engine(args.url, isolation_level="AUTOCOMMIT")
-    database = "retentiond_bench"
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS `{database}`"))
-        conn.execute(text(f"CREATE DATABASE `{database}`"))
-    url = make_url(args.url).set(database=database).render_as_string(hide_password=False)
-    engine = create_engine(url)
-    workdir = Path(tempfile.mkdtemp(prefix="retentiond-bench-"))
+    rows = QUICK_ROWS if args.quick else args.rows
     ok = True
-    try:
-        config = write_config(workdir / "run", url, RULE)
+    with common.scratch_target(args.url, DATABASE, RULE) as (url, engine, _, config):
         print(f"MariaDB/MySQL purge benchmark: {rows:,} rows, half expired")
         build(engine, rows)
         count, pt_s = pt_archiver(url)
-        print(f"  pt-archiver: {count:>9,} rows in {pt_s:7.2f} s  {count / pt_s:>9,.0f} rows/s")
+        print(common.throughput("pt-archiver:", count, pt_s))
         build(engine, rows)
-        run = measured_apply(config, "lab-results")
+        run = common.measured_apply(config, common.RULE_NAME)
         rate = run["items"] / run["seconds"]
-        print(
-            f"  retentiond:  {run['items']:>9,} rows in {run['seconds']:7.2f} s  {rate:>9,.0f} rows/s"
-            f"  ({run['details']['batches']} batches, longest {run['details']['longest_batch_ms']}"
-            f" ms, peak RSS {run['maxrss_mb']:.0f} MB, {run['method']})"
-        )
-        ok &= verdict("retentiond / pt-archiver (rows/s)", rate / (count / pt_s), 1.0)
-        ok &= verdict("peak RSS (MB)", run["maxrss_mb"], 150, higher_is_better=False)
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS `{database}`"))
-        admin.dispose()
-        shutil.rmtree(workdir, ignore_errors=True)
+        print(common.run_throughput(run))
+        ok &= common.verdict("retentiond / pt-archiver (rows/s)", rate / (count / pt_s), 1.0)
+        ok &= common.verdict("peak RSS (MB)", run["maxrss_mb"], 150, higher_is_better=False)
     return 0 if ok else 1
 
 

@@ -17,81 +17,59 @@ Usage: python bench/bench_sql_partitions.py [--rows N | --quick] [--url URL]
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
-import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sql_bench_common as common
 from bench_sql_postgres import pgbench
-from sql_bench_common import drop_postgres, fresh_postgres, measured_apply, verdict, write_config
 
+DATABASE = "retentiond_bench_parts"
+QUICK_ROWS = 300_000
 LOCK_TIMEOUT_MS = 500
-RULE = """[[rules]]
-name = "lab-results"
-store = "lab"
-table = "public.lab_results"
-age_column = "validated_at"
-retain = "35mo"
-action = "delete"
-max_fraction = 0.6
-"""
+RULE = common.rule_toml("public.lab_results", "35mo")
 CUTOFF = "now() - interval '35 months'"
+# Row i in the month i % 60 months before this one, on one of its first 25 days.
+SPREAD_OVER_MONTHS = (
+    "date_trunc('month', now()) - (i % 60) * interval '1 month' "
+    "+ (i % 25) * interval '1 day' + interval '1 hour'"
+)
 
 
 def build(engine: Engine, rows: int) -> None:
-    """60 monthly partitions (this month and the 59 before), rows spread evenly over them."""
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS lab_results"))
-        conn.execute(text("DROP SEQUENCE IF EXISTS lab_ids"))
+    """Rows spread evenly over 60 monthly partitions: this month and the 59 before."""
+    common.build_postgres_lab_results(engine, rows, SPREAD_OVER_MONTHS, create_monthly_partitions)
+
+
+def create_monthly_partitions(conn: Connection) -> None:
+    """A partition per month: next month (left empty), this month and the 59 before."""
+    statements: Sequence[str] = (
         conn.execute(
             text(
-                "CREATE TABLE lab_results (id bigint NOT NULL, patient_id int NOT NULL, "
-                "validated_at timestamptz NOT NULL, analyte text NOT NULL, value numeric, "
-                "comment text, PRIMARY KEY (id, validated_at)) PARTITION BY RANGE (validated_at)"
+                "SELECT format('CREATE TABLE lab_results_m%s PARTITION OF lab_results FOR VALUES "
+                "FROM (%L) TO (%L)', k + 1, date_trunc('month', now()) - k * interval '1 month', "
+                "date_trunc('month', now()) - (k - 1) * interval '1 month') "
+                "FROM generate_series(-1, 59) k"
             )
         )
-        statements = (
-            conn.execute(
-                text(
-                    "SELECT format('CREATE TABLE lab_results_m%s PARTITION OF lab_results FOR VALUES "
-                    "FROM (%L) TO (%L)', k + 1, date_trunc('month', now()) - k * interval '1 month', "
-                    "date_trunc('month', now()) - (k - 1) * interval '1 month') "
-                    "FROM generate_series(-1, 59) k"
-                )
-            )
-            .scalars()
-            .all()
-        )
-        for statement in statements:
-            conn.execute(text(statement))
-        conn.execute(
-            text(
-                "INSERT INTO lab_results SELECT i, 1 + (i::bigint * 7919) % 50000, "
-                "date_trunc('month', now()) - (i % 60) * interval '1 month' "
-                "+ (i % 25) * interval '1 day' + interval '1 hour', 'GLU', (i % 100) / 10.0, 'ok' "
-                "FROM generate_series(1, :n) i"
-            ),
-            {"n": rows},
-        )
-        conn.execute(text("CREATE INDEX lab_results_patient ON lab_results (patient_id)"))
-        conn.execute(text("CREATE INDEX lab_results_validated ON lab_results (validated_at)"))
-        conn.execute(text(f"CREATE SEQUENCE lab_ids START {int(rows) + 1}"))
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE lab_results"))
-        conn.execute(text("CHECKPOINT"))
+        .scalars()
+        .all()
+    )
+    for statement in statements:
+        conn.execute(text(statement))
 
 
 def count_expired_partitions(engine: Engine) -> tuple[int, float]:
     """count(*) of every partition whose range ends before the cutoff: (partitions, seconds)."""
     with engine.connect() as conn:
-        names = (
+        names: Sequence[str] = (
             conn.execute(
                 text(
                     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
@@ -111,25 +89,13 @@ def count_expired_partitions(engine: Engine) -> tuple[int, float]:
 
 def main() -> int:
     """Build, measure side by side, print ratios; exit 1 if a target is missed."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=2_000_000)
-    parser.add_argument("--quick", action="store_true", help="300,000 rows")
-    parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    args = parser.parse_args()
-    rows = 300_000 if args.quick else args.rows
-    url, engine = fresh_postgres(args.url, "retentiond_bench_parts")
-    workdir = Path(tempfile.mkdtemp(prefix="retentiond-bench-"))
+    args = common.bench_parser(__doc__, QUICK_ROWS, common.POSTGRES_URL).parse_args()
+    rows = QUICK_ROWS if args.quick else args.rows
     ok = True
-    try:
-        config = write_config(workdir / "run", url, RULE)
+    with common.scratch_target(args.url, DATABASE, RULE) as (url, engine, workdir, config):
         print(f"PostgreSQL partition benchmark: {rows:,} rows in 60 monthly partitions")
         build(engine, rows)
-        started = time.perf_counter()
-        with engine.begin() as conn:
-            count = conn.execute(
-                text(f"DELETE FROM lab_results WHERE validated_at < {CUTOFF}")
-            ).rowcount
-        once = time.perf_counter() - started
+        count, once = common.delete_once(engine, CUTOFF)
         print(f"  one DELETE:  {count:>9,} rows in {once:7.3f} s")
         build(engine, rows)
         counted, count_s = count_expired_partitions(engine)
@@ -138,30 +104,26 @@ def main() -> int:
             f"one DELETE / that = {once / count_s:.1f})"
         )
         build(engine, rows)
-        result: dict[str, object] = {}
+        result: dict[str, Any] = {}
 
         def purge() -> None:
             time.sleep(1.5)
-            result.update(measured_apply(config, "lab-results"))
+            result.update(common.measured_apply(config, common.RULE_NAME))
 
         thread = threading.Thread(target=purge)
         thread.start()
         app = pgbench(url, rows, 6, 100, workdir)
         thread.join()
-        seconds = float(result["seconds"])  # type: ignore[arg-type]
+        seconds = float(result["seconds"])
         details = result["details"]
         print(
             f"  retentiond:  {result['items']:>9,} rows in {seconds:7.3f} s "
-            f"({details['partitions_dropped']} partitions dropped, method {result['method']})"  # type: ignore[index]
+            f"({details['partitions_dropped']} partitions dropped, method {result['method']})"
         )
         worst = max(lat for _, lat in app)
         print(f"  application: {len(app)} transactions, longest {worst:.1f} ms")
-        ok &= verdict("one DELETE time / retentiond time", once / seconds, 50)
-        ok &= verdict("longest application transaction (ms)", worst, LOCK_TIMEOUT_MS, False)
-    finally:
-        engine.dispose()
-        drop_postgres(args.url, "retentiond_bench_parts")
-        shutil.rmtree(workdir, ignore_errors=True)
+        ok &= common.verdict("one DELETE time / retentiond time", once / seconds, 50)
+        ok &= common.verdict("longest application transaction (ms)", worst, LOCK_TIMEOUT_MS, False)
     return 0 if ok else 1
 
 

@@ -20,11 +20,9 @@ Usage: python bench/bench_sql_postgres.py [--rows N | --quick] [--url URL] [--sk
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,25 +31,19 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sql_bench_common import (
-    drop_postgres,
-    fresh_postgres,
-    measured_apply,
-    percentile,
-    verdict,
-    write_config,
-)
+import sql_bench_common as common
 
-RULE = """[[rules]]
-name = "lab-results"
-store = "lab"
-table = "public.lab_results"
-age_column = "validated_at"
-retain = "365d"
-action = "delete"
-max_fraction = 0.6
-"""
+DATABASE = "retentiond_bench"
+QUICK_ROWS = 200_000
+RULE = common.rule_toml("public.lab_results", "365d")
 CUTOFF = "now() - interval '365 days'"
+# Even ids 400 days old and more, odd ones under 250 days: half expired, interleaved.
+HALF_EXPIRED = (
+    "CASE WHEN i % 2 = 0 THEN now() - interval '400 days' - (i % 1000) * interval '6 hours' "
+    "ELSE now() - (i % 1000) * interval '6 hours' END"
+)
+# The label and rows/s columns of the throughput lines, wide enough for "LIMIT 10000 loop:".
+COLUMNS = (18, 10)
 
 READ = "\\set pid random(1, 50000)\nSELECT * FROM lab_results WHERE patient_id = :pid;\n"
 INSERT = (
@@ -63,46 +55,7 @@ UPDATE = "\\set id random(1, {rows})\nUPDATE lab_results SET comment = 'checked'
 
 def build(engine: Engine, rows: int) -> None:
     """A fresh lab_results table: half the rows expired, interleaved; vacuumed and checkpointed."""
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS lab_results"))
-        conn.execute(text("DROP SEQUENCE IF EXISTS lab_ids"))
-        conn.execute(
-            text(
-                "CREATE TABLE lab_results (id bigint PRIMARY KEY, patient_id int NOT NULL, "
-                "validated_at timestamptz NOT NULL, analyte text NOT NULL, value numeric, "
-                "comment text)"
-            )
-        )
-        conn.execute(
-            text(
-                "INSERT INTO lab_results SELECT i, 1 + (i::bigint * 7919) % 50000, CASE WHEN i % 2 = 0 "
-                "THEN now() - interval '400 days' - (i % 1000) * interval '6 hours' "
-                "ELSE now() - (i % 1000) * interval '6 hours' END, 'GLU', (i % 100) / 10.0, 'ok' "
-                "FROM generate_series(1, :n) i"
-            ),
-            {"n": rows},
-        )
-        conn.execute(text("CREATE INDEX lab_results_patient ON lab_results (patient_id)"))
-        conn.execute(text("CREATE INDEX lab_results_validated ON lab_results (validated_at)"))
-        conn.execute(text(f"CREATE SEQUENCE lab_ids START {int(rows) + 1}"))
-    settle(engine)
-
-
-def settle(engine: Engine) -> None:
-    """VACUUM ANALYZE and CHECKPOINT, so no method pays for the previous one's dirty pages."""
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE lab_results"))
-        conn.execute(text("CHECKPOINT"))
-
-
-def delete_once(engine: Engine) -> tuple[int, float]:
-    """One DELETE of every expired row in one transaction: (rows, seconds)."""
-    started = time.perf_counter()
-    with engine.begin() as conn:
-        count = conn.execute(
-            text(f"DELETE FROM lab_results WHERE validated_at < {CUTOFF}")
-        ).rowcount
-    return count, time.perf_counter() - started
+    common.build_postgres_lab_results(engine, rows, HALF_EXPIRED)
 
 
 def bare_batches(engine: Engine, batches: int, keys: bool = False) -> tuple[int, float]:
@@ -214,7 +167,7 @@ def application_p99(
     def purge() -> None:
         time.sleep(quiet)
         window.append(time.time())
-        measured_apply(config, "lab-results")
+        common.measured_apply(config, common.RULE_NAME)
         window.append(time.time())
 
     build(engine, rows)
@@ -226,40 +179,28 @@ def application_p99(
     start, end = window
     alone = [lat for done, lat in samples if begun + warmup <= done < start]
     during = [lat for done, lat in samples if start <= done <= end + 0.2]
-    return percentile(alone, 99), percentile(during, 99), max(during or [0.0])
+    return common.percentile(alone, 99), common.percentile(during, 99), max(during or [0.0])
 
 
 def main() -> int:
     """Build, measure side by side, print ratios; exit 1 if a target is missed."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=2_000_000)
-    parser.add_argument("--quick", action="store_true", help="200,000 rows")
-    parser.add_argument("--url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser = common.bench_parser(__doc__, QUICK_ROWS, common.POSTGRES_URL)
     parser.add_argument("--skip-loop", action="store_true", help="skip the LIMIT loop")
     parser.add_argument("--skip-pgbench", action="store_true", help="skip the application p99")
     args = parser.parse_args()
-    rows = 200_000 if args.quick else args.rows
-    url, engine = fresh_postgres(args.url, "retentiond_bench")
-    workdir = Path(tempfile.mkdtemp(prefix="retentiond-bench-"))
+    rows = QUICK_ROWS if args.quick else args.rows
     ok = True
-    try:
-        config = write_config(workdir / "run", url, RULE)
+    with common.scratch_target(args.url, DATABASE, RULE) as (url, engine, workdir, config):
         print(f"PostgreSQL purge benchmark: {rows:,} rows, half expired")
         build(engine, rows)
-        count, once_s = delete_once(engine)
-        print(
-            f"  one DELETE:       {count:>9,} rows in {once_s:7.2f} s  {count / once_s:>10,.0f} rows/s"
-        )
+        count, once_s = common.delete_once(engine, CUTOFF)
+        print(common.throughput("one DELETE:", count, once_s, *COLUMNS))
         build(engine, rows)
-        run = measured_apply(config, "lab-results")
+        run = common.measured_apply(config, common.RULE_NAME)
         rate = run["items"] / run["seconds"]
         longest = run["details"]["longest_batch_ms"]
-        print(
-            f"  retentiond:       {run['items']:>9,} rows in {run['seconds']:7.2f} s  {rate:>10,.0f} rows/s"
-            f"  ({run['details']['batches']} batches, longest {longest} ms, peak RSS "
-            f"{run['maxrss_mb']:.0f} MB, {run['method']})"
-        )
-        ok &= verdict("retentiond / one DELETE (rows/s)", rate / (count / once_s), 0.6)
+        print(common.run_throughput(run, *COLUMNS))
+        ok &= common.verdict("retentiond / one DELETE (rows/s)", rate / (count / once_s), 0.6)
         build(engine, rows)
         bare, bare_s = bare_batches(engine, run["details"]["batches"])
         print(
@@ -272,16 +213,16 @@ def main() -> int:
             f"  (bare batches returning their keys, as an exact digest needs: "
             f"{kept / kept_s:,.0f} rows/s, ratio {kept / kept_s / (count / once_s):.2f})"
         )
-        ok &= verdict("longest transaction (ms)", longest, 100, higher_is_better=False)
-        ok &= verdict("peak RSS (MB)", run["maxrss_mb"], 150, higher_is_better=False)
+        ok &= common.verdict("longest transaction (ms)", longest, 100, higher_is_better=False)
+        ok &= common.verdict("peak RSS (MB)", run["maxrss_mb"], 150, higher_is_better=False)
         if not args.skip_loop:
             build(engine, rows)
             n, loop_s, loop_longest = limit_loop(engine)
             print(
-                f"  LIMIT 10000 loop: {n:>9,} rows in {loop_s:7.2f} s  {n / loop_s:>10,.0f} rows/s"
-                f"  (longest {loop_longest * 1000:.0f} ms)"
+                common.throughput("LIMIT 10000 loop:", n, loop_s, *COLUMNS)
+                + f"  (longest {loop_longest * 1000:.0f} ms)"
             )
-            ok &= verdict("retentiond / LIMIT loop (rows/s)", rate / (n / loop_s), 10)
+            ok &= common.verdict("retentiond / LIMIT loop (rows/s)", rate / (n / loop_s), 10)
         if not args.skip_pgbench and shutil.which("pgbench"):
             alone, during, worst = application_p99(
                 url, engine, config, rows, run["seconds"], workdir
@@ -289,13 +230,9 @@ def main() -> int:
             print(
                 f"  application p99: {alone:.2f} ms alone, {during:.2f} ms during the purge (max {worst:.1f} ms)"
             )
-            ok &= verdict(
+            ok &= common.verdict(
                 "application p99 during / alone", during / alone, 1.5, higher_is_better=False
             )
-    finally:
-        engine.dispose()
-        drop_postgres(args.url, "retentiond_bench")
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0 if ok else 1
 
 

@@ -16,27 +16,18 @@ Usage: python bench/bench_sql_sqlite.py [--rows N | --quick]
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sql_bench_common import measured_apply, verdict, write_config
+import sql_bench_common as common
 
-RULE = """[[rules]]
-name = "lab-results"
-store = "lab"
-table = "lab_results"
-age_column = "validated_at"
-retain = "365d"
-action = "delete"
-max_fraction = 0.6
-"""
+QUICK_ROWS = 200_000
+RULE = common.rule_toml("lab_results", "365d")
 
 
 def build(path: Path, rows: int) -> None:
@@ -62,12 +53,17 @@ def build(path: Path, rows: int) -> None:
     db.close()
 
 
+def cutoff() -> str:
+    """The rule's cutoff, 365 days ago, as the table's text timestamps spell it."""
+    return (datetime.now(UTC) - timedelta(days=365)).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
 def delete_once(path: Path) -> tuple[int, float]:
     """One DELETE in one transaction: (rows, seconds)."""
-    cutoff = (datetime.now(UTC) - timedelta(days=365)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    before = cutoff()
     db = sqlite3.connect(path)
     started = time.perf_counter()
-    count = db.execute("DELETE FROM lab_results WHERE validated_at < ?", (cutoff,)).rowcount
+    count = db.execute("DELETE FROM lab_results WHERE validated_at < ?", (before,)).rowcount
     db.commit()
     seconds = time.perf_counter() - started
     db.close()
@@ -77,7 +73,7 @@ def delete_once(path: Path) -> tuple[int, float]:
 def bare_batches(path: Path, batches: int) -> tuple[int, float]:
     """The same number of rowid-range transactions as retentiond's run, and nothing else (no
     plan, journal, digest or post-check): the cost of batching itself. (rows, seconds)."""
-    cutoff = (datetime.now(UTC) - timedelta(days=365)).strftime("%Y-%m-%d %H:%M:%S.%f")
+    before = cutoff()
     db = sqlite3.connect(path, isolation_level=None)
     low, high = db.execute("SELECT min(id), max(id) FROM lab_results").fetchone()
     step = max(1, (high - low + batches) // batches)
@@ -87,7 +83,7 @@ def bare_batches(path: Path, batches: int) -> tuple[int, float]:
         db.execute("BEGIN IMMEDIATE")
         count += db.execute(
             "DELETE FROM lab_results WHERE id >= ? AND id < ? AND validated_at < ?",
-            (first, first + step, cutoff),
+            (first, first + step, before),
         ).rowcount
         db.execute("COMMIT")
     seconds = time.perf_counter() - started
@@ -97,31 +93,23 @@ def bare_batches(path: Path, batches: int) -> tuple[int, float]:
 
 def main() -> int:
     """Build, measure side by side, print the ratio; exit 1 if the target is missed."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=2_000_000)
-    parser.add_argument("--quick", action="store_true", help="200,000 rows")
-    args = parser.parse_args()
-    rows = 200_000 if args.quick else args.rows
-    workdir = Path(tempfile.mkdtemp(prefix="retentiond-bench-"))
+    args = common.bench_parser(__doc__, QUICK_ROWS).parse_args()
+    rows = QUICK_ROWS if args.quick else args.rows
     ok = True
-    try:
+    with common.scratch_dir() as workdir:
         template = workdir / "template.db"
         build(template, rows)
         target = workdir / "lab.db"
-        config = write_config(workdir / "run", f"sqlite:///{target}", RULE)
+        config = common.write_config(workdir / "run", f"sqlite:///{target}", RULE)
         print(f"SQLite purge benchmark: {rows:,} rows, half expired")
         shutil.copy(template, target)
         count, once_s = delete_once(target)
-        print(f"  one DELETE:  {count:>9,} rows in {once_s:7.2f} s  {count / once_s:>9,.0f} rows/s")
+        print(common.throughput("one DELETE:", count, once_s))
         shutil.copy(template, target)
-        run = measured_apply(config, "lab-results")
+        run = common.measured_apply(config, common.RULE_NAME)
         rate = run["items"] / run["seconds"]
-        print(
-            f"  retentiond:  {run['items']:>9,} rows in {run['seconds']:7.2f} s  {rate:>9,.0f} rows/s"
-            f"  ({run['details']['batches']} batches, longest {run['details']['longest_batch_ms']}"
-            f" ms, peak RSS {run['maxrss_mb']:.0f} MB, {run['method']})"
-        )
-        ok &= verdict("retentiond / one DELETE (rows/s)", rate / (count / once_s), 0.5)
+        print(common.run_throughput(run))
+        ok &= common.verdict("retentiond / one DELETE (rows/s)", rate / (count / once_s), 0.5)
         shutil.copy(template, target)
         bare, bare_s = bare_batches(target, run["details"]["batches"])
         print(
@@ -131,15 +119,15 @@ def main() -> int:
         # For information: the same run with a 500 ms budget per transaction. SQLite rewrites
         # every index page a batch touches at each commit, so throughput grows with batch size.
         shutil.copy(template, target)
-        big = measured_apply(config, "lab-results", RETENTIOND_DAEMON__BATCH_BUDGET_MS="500")
+        big = common.measured_apply(
+            config, common.RULE_NAME, RETENTIOND_DAEMON__BATCH_BUDGET_MS="500"
+        )
         print(
             f"  (budget 500 ms: {big['items'] / big['seconds']:,.0f} rows/s, ratio "
             f"{big['items'] / big['seconds'] / (count / once_s):.2f}, longest "
             f"{big['details']['longest_batch_ms']} ms)"
         )
-        ok &= verdict("peak RSS (MB)", run["maxrss_mb"], 150, higher_is_better=False)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        ok &= common.verdict("peak RSS (MB)", run["maxrss_mb"], 150, higher_is_better=False)
     return 0 if ok else 1
 
 
