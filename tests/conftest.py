@@ -59,34 +59,32 @@ def mysql_url() -> str:
     return _database_url(MYSQL_ENV, "MariaDB/MySQL")
 
 
+def _fresh_database(server_url: str, drop_options: str = "") -> Iterator[str]:
+    """Create an empty database with a random name on the server; yield its URL, then drop it."""
+    name = f"rt_{secrets.token_hex(6)}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    quoted = admin.dialect.identifier_preparer.quote_identifier(name)
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {quoted}"))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {quoted}{drop_options}"))
+        admin.dispose()
+
+
 @pytest.fixture
 def pg_database(pg_url: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test; its URL. Dropped afterwards."""
-    name = f"rt_{secrets.token_hex(6)}"
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    # FORCE: a connection the test left open must not keep the database from being dropped.
+    yield from _fresh_database(pg_url, " WITH (FORCE)")
 
 
 @pytest.fixture
 def mysql_database(mysql_url: str) -> Iterator[str]:
     """A fresh, empty MariaDB/MySQL database for one test; its URL. Dropped afterwards."""
-    name = f"rt_{secrets.token_hex(6)}"
-    admin = create_engine(mysql_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE `{name}`"))
-    try:
-        yield make_url(mysql_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
-        admin.dispose()
+    yield from _fresh_database(mysql_url)
 
 
 @pytest.fixture

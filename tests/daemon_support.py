@@ -13,6 +13,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.configs import lab_results_rule, lims_store, max_fraction_line
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SHRED_RULE = """
@@ -269,28 +271,22 @@ def metric_names(exposition: str) -> set[str]:
     return names
 
 
-# A rows rule on SQLite and a files rule, for tests that need one of each kind (format directory=).
-ALL_KINDS = """
-[stores.lims]
-kind = "sql"
-url = "sqlite:///{directory}/lims.db"
-
+def all_kinds(directory: Path | str, *, max_fraction: float | None = None) -> str:
+    """A rows rule on SQLite and a files rule, their stores under `directory`, for tests that need
+    one of each kind; `max_fraction` guards both rules."""
+    return f"""{lims_store(f"sqlite:///{directory}/lims.db")}
 [stores.transfer]
 kind = "files"
 root = "{directory}/transfer"
-
-[[rules]]
-name = "lab-results"
-store = "lims"
-table = "results"
-age_column = "validated_at"
-retain = "30d"
-action = "delete"
-
+{lab_results_rule(max_fraction=max_fraction)}
 [[rules]]
 name = "transfer-exports"
 store = "transfer"
 glob = "**/*.csv"
 retain = "7d"
 action = "delete"
-"""
+{max_fraction_line(max_fraction)}"""
+
+
+# The same rules with the directory left to fill in (format directory=).
+ALL_KINDS = all_kinds("{directory}")

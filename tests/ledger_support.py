@@ -18,6 +18,21 @@ from tests.configs import write_config
 # Three runs, each followed by its checkpoint, as the daemon does: sizes 4, 7 and 10.
 RUNS = (4, 3, 3)
 
+# Export files that test how lines are cut: empty, blank lines, no last newline, CRLF, non-ASCII,
+# and lines longer than the smallest reads.
+EXPORT_CONTENTS = [
+    b"",
+    b"\n",
+    b"a\n",
+    b"a",
+    b"ab\ncd\n",
+    b"ab\ncd",
+    b"ab\n\ncd\n\n",
+    b"x\ny\nz\n",
+    b"\xc3\xa9t\xc3\xa9\nline\r\n" + b"x" * 40 + b"\n",
+    b"\xc3\xa9t\xc3\xa9\nline\r\n" + b"x" * 40 + b"\n" + b"e\n" * 9 + b"last",
+]
+
 
 @dataclass
 class Workspace:

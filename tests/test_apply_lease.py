@@ -19,34 +19,16 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tests.daemon_support import ROOT, DaemonProcess, cli, cli_env, free_port, write_daemon_config
+from tests.daemon_support import (
+    ROOT,
+    DaemonProcess,
+    all_kinds,
+    cli,
+    cli_env,
+    free_port,
+    write_daemon_config,
+)
 
-RULES = """
-[stores.lims]
-kind = "sql"
-url = "sqlite:///{directory}/lims.db"
-
-[stores.transfer]
-kind = "files"
-root = "{directory}/transfer"
-
-[[rules]]
-name = "lab-results"
-store = "lims"
-table = "results"
-age_column = "validated_at"
-retain = "30d"
-action = "delete"
-max_fraction = 0.9
-
-[[rules]]
-name = "transfer-exports"
-store = "transfer"
-glob = "*.csv"
-retain = "7d"
-action = "delete"
-max_fraction = 0.9
-"""
 BIG = 300_000  # rows: at a 5 ms batch budget, a purge of half of them lasts several seconds
 
 
@@ -96,7 +78,8 @@ def _setup(directory: Path, rows: int, schedule: str) -> tuple[Path, int]:
     port = free_port()
     config = write_daemon_config(
         directory,
-        RULES.format(directory=directory),
+        # Half of each target expires, right at the default guard (0.5): raise it clear.
+        all_kinds(directory, max_fraction=0.9),
         port=port,
         schedule=schedule,
         daemon_extra="batch_budget_ms = 5",

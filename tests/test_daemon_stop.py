@@ -10,22 +10,13 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from tests.configs import lab_results_rule, lims_store
 from tests.daemon_support import DaemonProcess, cli, free_port, write_daemon_config
 
-LAB_RULE = """
-[stores.lims]
-kind = "sql"
-url = "sqlite:///{db}"
 
-[[rules]]
-name = "lab-results"
-store = "lims"
-table = "results"
-age_column = "validated_at"
-retain = "30d"
-action = "delete"
-max_fraction = 0.9
-"""
+def _lab_rule(db: Path) -> str:
+    """The `lims` store on the SQLite database `db` and its lab-results rule."""
+    return lims_store(f"sqlite:///{db}") + lab_results_rule(max_fraction=0.9)
 
 
 def _lab(db: Path, rows: int, expired_every: int = 2) -> None:
@@ -55,7 +46,8 @@ def _ledger(state_db: Path) -> list[dict[str, object]]:
     engine = sa.create_engine(f"sqlite:///{state_db}")
     try:
         with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT entry FROM ledger_entry ORDER BY seq")).scalars()
+            query = sa.text("SELECT entry FROM ledger_entry ORDER BY seq")
+            rows: sa.ScalarResult[str] = conn.execute(query).scalars()
             return [json.loads(r) for r in rows]
     finally:
         engine.dispose()
@@ -67,7 +59,7 @@ def test_sigterm_ends_the_batch_records_it_and_exits_quickly(tmp_path: Path) -> 
     _lab(db, rows)
     port = free_port()
     config = write_daemon_config(
-        tmp_path, LAB_RULE.format(db=db), port=port, daemon_extra="batch_budget_ms = 20"
+        tmp_path, _lab_rule(db), port=port, daemon_extra="batch_budget_ms = 20"
     )
     assert cli(config, "init").returncode == 0
     daemon = DaemonProcess(config, port)
@@ -105,7 +97,7 @@ def test_a_failing_rule_is_retried_at_its_next_slot(tmp_path: Path) -> None:
     db = tmp_path / "lims.db"
     sqlite3.connect(db).close()  # the table does not exist yet
     port = free_port()
-    config = write_daemon_config(tmp_path, LAB_RULE.format(db=db), port=port)
+    config = write_daemon_config(tmp_path, _lab_rule(db), port=port)
     assert cli(config, "init").returncode == 0
     daemon = DaemonProcess(config, port)
     try:
@@ -144,7 +136,7 @@ def test_a_run_killed_mid_purge_is_reconciled_at_the_next_start(tmp_path: Path) 
     port = free_port()
     config = write_daemon_config(
         tmp_path,
-        LAB_RULE.format(db=db),
+        _lab_rule(db),
         port=port,
         schedule="every 1h",  # the restarted daemon owes no new slot: only the settling is seen
         daemon_extra="batch_budget_ms = 20",

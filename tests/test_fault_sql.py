@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.configs import write_config
+from tests.configs import lab_results_rule, lims_store, patient_hold, write_config
 from tests.fault_support import (
     SEED,
     Killer,
@@ -37,25 +37,7 @@ pytestmark = pytest.mark.slow
 
 
 def _body(url: str) -> str:
-    return f"""
-[stores.lims]
-kind = "sql"
-url = "{url}"
-
-[[rules]]
-name = "lab-results"
-store = "lims"
-table = "results"
-age_column = "validated_at"
-retain = "30d"
-action = "delete"
-max_fraction = 1.0
-
-[[holds]]
-rule = "lab-results"
-where = {{ patient_id = [{HELD}] }}
-reason = "court case 2026-117"
-"""
+    return lims_store(url) + lab_results_rule(max_fraction=1.0) + patient_hold(HELD)
 
 
 def _fill(engine: Any, pg: bool) -> None:

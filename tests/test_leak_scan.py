@@ -26,7 +26,8 @@ import bcrypt
 from sqlalchemy import create_engine, text
 
 from retentiond import keystore
-from tests.daemon_support import DaemonProcess, free_port
+from tests.configs import lab_results_rule, patient_hold
+from tests.daemon_support import DaemonProcess, cli, free_port, write_daemon_config
 from tests.fault_support import ROOT, check, child_env, entries, record
 from tests.files_support import seed
 
@@ -88,8 +89,6 @@ def test_no_personal_value_or_secret_reaches_any_output(tmp_path: Path, pg_datab
     os.chmod(password_file, 0o600)
     hashed = bcrypt.hashpw(METRICS_PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     port = free_port()
-    from tests.daemon_support import write_daemon_config
-
     config = write_daemon_config(
         tmp_path / "etc",
         f"""
@@ -102,15 +101,7 @@ password_file = "{password_file}"
 kind = "files"
 root = "{root}"
 
-[[rules]]
-name = "lab-results"
-store = "lims"
-table = "public.results"
-age_column = "validated_at"
-retain = "30d"
-action = "delete"
-max_fraction = 1.0
-
+{lab_results_rule(table="public.results", max_fraction=1.0)}
 [[rules]]
 name = "lab-mask"
 store = "lims"
@@ -133,12 +124,7 @@ max_fraction = 1.0
 [[rules]]
 name = "sealed-copies"
 action = "shred"
-
-[[holds]]
-rule = "lab-results"
-where = {{ patient_id = [{PATIENT_IDS[0]}] }}
-reason = "court case 2026-117"
-""",
+{patient_hold(PATIENT_IDS[0])}""",
         port=port,
         schedule="every 10s",
         metrics_extra=f'basic_auth_users = {{ prometheus = "{hashed}" }}',
@@ -146,17 +132,9 @@ reason = "court case 2026-117"
     outputs: list[tuple[str, str | bytes]] = []
 
     def run(*args: str, stdin: bytes | None = None, scan_stdout: bool = True) -> None:
-        done = subprocess.run(
-            [sys.executable, "-m", "retentiond", "-c", str(config), *args],
-            input=stdin,
-            capture_output=True,
-            cwd=ROOT,
-            env=child_env(),
-            timeout=120,
-            check=False,
-        )
+        done = cli(config, *args, stdin=stdin)
         label = " ".join(args)
-        assert done.returncode in (0, 4), (label, done.stderr.decode(errors="replace"))
+        assert done.returncode in (0, 4), (label, done.stderr)
         outputs.append((f"{label} (stderr)", done.stderr))
         if scan_stdout:
             outputs.append((f"{label} (stdout)", done.stdout))

@@ -18,6 +18,7 @@ from retentiond.ledger.fanout import Fanout, Reader, hash_spans, spans_of
 from retentiond.ledger.merkle import CompactRange, leaf_hash, root_of
 from retentiond.ledger.scan import hash_tree
 from retentiond.ledger.verify import export_leaf_inputs, export_spans
+from tests.ledger_support import EXPORT_CONTENTS
 
 ENTRIES = [b'{"seq":%d}' % i for i in range(300)]
 
@@ -81,20 +82,7 @@ def test_an_error_in_a_worker_reaches_the_caller() -> None:
         hash_spans(spans_of(40, 8), failing, fanout=Fanout(workers=2, block=8))
 
 
-@pytest.mark.parametrize(
-    "content",
-    [
-        b"",
-        b"\n",
-        b"a\n",
-        b"a",
-        b"ab\ncd\n",
-        b"ab\ncd",
-        b"ab\n\ncd\n\n",
-        b"x\ny\nz\n",
-        b"\xc3\xa9t\xc3\xa9\nline\r\n" + b"x" * 40 + b"\n" + b"e\n" * 9 + b"last",
-    ],
-)
+@pytest.mark.parametrize("content", EXPORT_CONTENTS)
 def test_export_runs_of_lines_cut_as_the_single_pass_reads(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "entries.jsonl"
     path.write_bytes(content)

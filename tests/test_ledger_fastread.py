@@ -21,7 +21,7 @@ from retentiond.ledger.signing import checkpoint_now
 from retentiond.ledger.store import append_entry, iter_entries, leaf_input_batches
 from retentiond.ledger.verify import export_leaf_inputs
 from retentiond.state.models import ledger_entry
-from tests.ledger_support import Workspace, build_workspace
+from tests.ledger_support import EXPORT_CONTENTS, Workspace, build_workspace
 
 # Not personal data: a reason written by an administrator, in their own language.
 REASONS = ["Löschfrist für Laborbefunde: 10 Jahre", "délai légal — dossier 2026/117", "保存期限"]
@@ -64,19 +64,7 @@ def test_a_ledger_with_non_ascii_entries_verifies_and_an_edit_of_them_does_not(
     assert "seq 11: entry does not match its stored leaf hash" in str(caught.value)
 
 
-@pytest.mark.parametrize(
-    "content",
-    [
-        b"",
-        b"\n",
-        b"a\n",
-        b"a",
-        b"ab\ncd\n",
-        b"ab\ncd",
-        b"ab\n\ncd\n\n",
-        b"\xc3\xa9t\xc3\xa9\nline\r\n" + b"x" * 40 + b"\n",
-    ],
-)
+@pytest.mark.parametrize("content", EXPORT_CONTENTS)
 def test_export_lines_survive_every_chunk_boundary(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "entries.jsonl"
     path.write_bytes(content)

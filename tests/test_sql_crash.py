@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.configs import write_config
+from tests.configs import lab_results_rule, lims_store, patient_hold, write_config
 from tests.conftest import run_cli
 
 TRIALS = 9  # the first one calibrates and is not killed
@@ -35,25 +35,11 @@ pytestmark = pytest.mark.slow
 
 
 def _body(target_url: str) -> str:
-    return f"""
-[stores.lims]
-kind = "sql"
-url = "{target_url}"
-
-[[rules]]
-name = "lab-results"
-store = "lims"
-table = "public.results"
-age_column = "validated_at"
-retain = "30d"
-action = "delete"
-max_fraction = 1.0
-
-[[holds]]
-rule = "lab-results"
-where = {{ patient_id = [{HELD}] }}
-reason = "court case 2026-117"
-"""
+    return (
+        lims_store(target_url)
+        + lab_results_rule(table="public.results", max_fraction=1.0)
+        + patient_hold(HELD)
+    )
 
 
 def _env() -> dict[str, str]:
@@ -143,12 +129,12 @@ def _trials(tmp_path: Path, target_url: str, state_url: str) -> None:
         again = run_cli("-c", str(config), "apply", env=_env())
         assert again.returncode == 0, (trial, again.stdout, again.stderr)
         with target.connect() as conn:
-            left = conn.execute(text("SELECT count(*) FROM results")).scalar_one()
-            kept = conn.execute(
+            left: int = conn.execute(text("SELECT count(*) FROM results")).scalar_one()
+            kept: int = conn.execute(
                 text("SELECT count(*) FROM results WHERE id % 2 = 1 OR patient_id = :h"),
                 {"h": HELD},
             ).scalar_one()
-            other = conn.execute(text("SELECT count(*) FROM other")).scalar_one()
+            other: int = conn.execute(text("SELECT count(*) FROM other")).scalar_one()
         counts = {r: c for r, c in _purge_counts(state).items() if r not in seen}
         assert ROWS - left == _expected_gone(), trial
         assert kept == left and other == 100, trial
