@@ -43,8 +43,8 @@ from retentiond.engine import Target, TargetContext
 from retentiond.journal import StateJournal
 from retentiond.state.db import create_state_engine, upgrade
 from retentiond.state.models import run
-from retentiond.stores import files as files_store
-from retentiond.stores.files import make_files_target
+from retentiond.stores.files import target as files_store
+from retentiond.stores.files.target import make_files_target
 
 DAY = 86400
 FIND_DAYS = "+30"  # find's -mtime +30: older than 31 whole days; the rule below keeps 30 days

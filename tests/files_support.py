@@ -12,7 +12,7 @@ from typing import Any
 
 from retentiond.config.model import FilesStore, Rule
 from retentiond.engine import HoldSpec, Outcome, Plan, Target, TargetContext
-from retentiond.stores.files import make_files_target
+from retentiond.stores.files.target import make_files_target
 
 DAY = 86400.0
 

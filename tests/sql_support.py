@@ -9,7 +9,7 @@ from typing import Any
 
 from retentiond.config.model import DaemonSection, Rule, SqlStore
 from retentiond.engine import HoldSpec, Outcome, Plan, TargetContext
-from retentiond.stores.sql import make_sql_target
+from retentiond.stores.sql.target import make_sql_target
 
 
 def context(

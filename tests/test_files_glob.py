@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from retentiond.engine import HoldSpec
-from retentiond.stores.fileglob import GlobError, compile_glob
-from retentiond.stores.fileselect import hold_prefixes, holds_touch_dir, make_selection
+from retentiond.stores.files.globs import GlobError, compile_glob
+from retentiond.stores.files.selection import hold_prefixes, holds_touch_dir, make_selection
 
 
 @pytest.mark.parametrize(

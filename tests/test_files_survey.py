@@ -8,10 +8,10 @@ from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 
 from retentiond.engine import HoldSpec
-from retentiond.stores import filesurvey
-from retentiond.stores.fileselect import make_selection
-from retentiond.stores.filestat import age_reader
-from retentiond.stores.walk import open_root
+from retentiond.stores.files import survey as filesurvey
+from retentiond.stores.files.selection import make_selection
+from retentiond.stores.files.stats import age_reader
+from retentiond.stores.files.walk import open_root
 from tests.files_support import seed
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from retentiond.engine import HoldSpec
 from retentiond.errors import RuleError
-from retentiond.stores import files as files_module
-from retentiond.stores.filestat import birth_stat
+from retentiond.stores.files import target as files_module
+from retentiond.stores.files.stats import birth_stat
 from tests.files_support import MemoryJournal, apply, bind, seed, tree
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 
 from retentiond.errors import RuleError
-from retentiond.stores.sql import make_sql_target
+from retentiond.stores.sql.target import make_sql_target
 from tests.sql_support import DIALECTS, Row, context, database_url, load_rows, run_rule, surviving
 
 

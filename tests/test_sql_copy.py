@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from retentiond.engine import HoldSpec
 from retentiond.errors import RuleError
-from retentiond.stores.sql import make_sql_target
+from retentiond.stores.sql.target import make_sql_target
 from tests.sql_support import DIALECTS, MemoryJournal, context, database_url
 
 LONG_AGO = (date.today() - timedelta(days=400)).isoformat()

@@ -10,7 +10,7 @@ from dateutil.relativedelta import relativedelta
 from sqlalchemy import create_engine, text
 
 from retentiond.engine import HoldSpec
-from retentiond.stores.sql import make_sql_target
+from retentiond.stores.sql.target import make_sql_target
 from tests.sql_support import context, run_rule
 
 MONTHS = 14

@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from retentiond.engine import HoldSpec
 from retentiond.errors import RuleError
-from retentiond.stores.sql import connect_store, make_sql_target
+from retentiond.stores.sql.target import connect_store, make_sql_target
 from tests.sql_support import (
     DIALECTS,
     MemoryJournal,

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine
 from retentiond.config import Config, FilesStore, LoadedConfig, SqlStore, load_config
 from retentiond.config.secrets import redacted, store_url
 from retentiond.errors import ConfigError, RetentiondError
-from retentiond.stores.catalog import rule_problems
+from retentiond.stores.sql.catalog import rule_problems
 
 
 def _sql_store_problems(config: Config, name: str, store: SqlStore) -> list[tuple[str, str]]:

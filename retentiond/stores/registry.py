@@ -13,11 +13,11 @@ def make_target(context: TargetContext) -> Target:
 
         return make_shred_target(context)
     if isinstance(context.store, SqlStore):
-        from retentiond.stores.sql import make_sql_target
+        from retentiond.stores.sql.target import make_sql_target
 
         return make_sql_target(context)
     if isinstance(context.store, FilesStore):
-        from retentiond.stores.files import make_files_target
+        from retentiond.stores.files.target import make_files_target
 
         return make_files_target(context)
     raise TypeError(f"no target for rule {context.rule.name}")

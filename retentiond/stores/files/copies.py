@@ -22,15 +22,15 @@ from typing import Any
 from retentiond.duration import Duration
 from retentiond.engine import BatchJournal, Outcome, Plan, Target, TargetContext
 from retentiond.errors import RuleError
-from retentiond.stores.fileremove import Done, Removal, Result, remove_file
-from retentiond.stores.files import present_keys
-from retentiond.stores.fileselect import hold_prefixes, holds_touch_dir
-from retentiond.stores.walk import (
+from retentiond.stores.files.removal import Done, Removal, Result, remove_file
+from retentiond.stores.files.selection import hold_prefixes, holds_touch_dir
+from retentiond.stores.files.walk import (
     DirHandle,
     Root,
     Tally,
     open_rule_root,
     open_subdir,
+    present_keys,
     walk,
 )
 

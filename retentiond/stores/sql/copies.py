@@ -22,9 +22,9 @@ from sqlalchemy.sql.compiler import DDLCompiler
 
 from retentiond.engine import BatchJournal, Outcome, Plan, TargetContext
 from retentiond.errors import RuleError
-from retentiond.stores.sql_batch import Recorder
-from retentiond.stores.sql_dialect import ContainerDrop, SqlDialect, sqlstate_of
-from retentiond.stores.sql_table import has_table
+from retentiond.stores.sql.batch import Recorder
+from retentiond.stores.sql.dialect import ContainerDrop, SqlDialect, sqlstate_of
+from retentiond.stores.sql.table import has_table
 
 
 class LockTable(ExecutableDDLElement):

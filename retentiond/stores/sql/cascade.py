@@ -15,9 +15,9 @@ from sqlalchemy import Table, delete, inspect, select, tuple_
 from sqlalchemy.engine import Connection
 
 from retentiond.errors import RuleError
-from retentiond.stores.catalog import split_table
-from retentiond.stores.sql_dialect import ForeignKeyRef, SqlDialect
-from retentiond.stores.sql_table import encode_dependent_keys, key_match, reflect_table
+from retentiond.stores.sql.catalog import split_table
+from retentiond.stores.sql.dialect import ForeignKeyRef, SqlDialect
+from retentiond.stores.sql.table import encode_dependent_keys, key_match, reflect_table
 
 _CHUNK = 1000  # keys per IN list: well under every database's limit on bound parameters
 _MAX_DEPTH = 8

@@ -41,7 +41,7 @@ from sqlalchemy.sql.compiler import DDLCompiler
 from sqlalchemy.types import UserDefinedType
 
 from retentiond.errors import RuleError
-from retentiond.stores.sql_dialect import (
+from retentiond.stores.sql.dialect import (
     TIMEOUT,
     TRANSIENT,
     ContainerDrop,
@@ -51,8 +51,8 @@ from retentiond.stores.sql_dialect import (
     SqlDialect,
     sqlstate_of,
 )
-from retentiond.stores.sql_table import RowTable
-from retentiond.stores.sql_walk import BatchSizer, Walker
+from retentiond.stores.sql.table import RowTable
+from retentiond.stores.sql.walk import BatchSizer, Walker
 
 _TIMEOUTS = {"55P03", "57014"}  # lock_not_available, query_canceled (statement_timeout)
 _TRANSIENT = {"40001", "40P01", "57P01", "57P02", "57P03", "53300"}

@@ -3,7 +3,7 @@
 A plan only reads, and on a large tree its cost is one stat(2) per file: about two thirds of it is
 the kernel's work, the same as find(1)'s, the rest the interpreter's around each call. When a CPU
 is idle, the tree is split between this process and a worker process (`python -m
-retentiond.stores.filesurvey`), which inherits the open root directory, walks with the same checks
+retentiond.stores.files.survey`), which inherits the open root directory, walks with the same checks
 and sends back counts only (never a name). The split is by whole subtrees, so that neither process
 lists what the other walks. A worker that fails is replaced by doing its share here.
 """
@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from retentiond.stores.fileglob import compile_glob
-from retentiond.stores.fileselect import DirView, Selection
-from retentiond.stores.filestat import NoBirthTime, StatCall, StatLike, age_reader
-from retentiond.stores.walk import (
+from retentiond.stores.files.globs import compile_glob
+from retentiond.stores.files.selection import DirView, Selection
+from retentiond.stores.files.stats import NoBirthTime, StatCall, StatLike, age_reader
+from retentiond.stores.files.walk import (
     DirHandle,
     Root,
     Split,
@@ -34,7 +34,7 @@ from retentiond.stores.walk import (
     walk,
 )
 
-_WORKER_MODULE = "retentiond.stores.filesurvey"
+_WORKER_MODULE = "retentiond.stores.files.survey"
 _MAX_PROCESSES = 4
 _SUBTREES_PER_PROCESS = 8  # enough for a hash to share subtrees out about evenly
 _LOOKAHEAD = 3  # levels below the glob's literal directories looked at for enough subtrees

@@ -34,7 +34,7 @@ from sqlalchemy.types import Date, DateTime
 
 from retentiond.engine import HoldSpec
 from retentiond.errors import RuleError
-from retentiond.stores.catalog import split_table
+from retentiond.stores.sql.catalog import split_table
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from retentiond.engine import HoldSpec
-from retentiond.stores.fileglob import Glob, compile_glob
+from retentiond.stores.files.globs import Glob, compile_glob
 
 NameTest = Callable[[str], bool]
 

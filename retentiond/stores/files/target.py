@@ -26,23 +26,23 @@ from pathlib import Path, PurePosixPath
 from retentiond.duration import Duration
 from retentiond.engine import BatchJournal, Outcome, Plan, Target, TargetContext
 from retentiond.errors import RuleError
-from retentiond.stores.fileglob import GlobError
-from retentiond.stores.fileremove import Done, Removal, Result, remove_file
-from retentiond.stores.fileselect import DirView, Selection, make_selection
-from retentiond.stores.filestat import (
+from retentiond.stores.files.copies import make_copy_target
+from retentiond.stores.files.globs import GlobError
+from retentiond.stores.files.removal import Done, Removal, Result, remove_file
+from retentiond.stores.files.selection import DirView, Selection, make_selection
+from retentiond.stores.files.stats import (
     StatLike,
     age_reader,
     birth_stat,
     statx_available,
 )
-from retentiond.stores.filesurvey import Aging, Survey, classify, survey_split, worker_count
-from retentiond.stores.walk import (
+from retentiond.stores.files.survey import Aging, Survey, classify, survey_split, worker_count
+from retentiond.stores.files.walk import (
     DirHandle,
     Root,
-    Tally,
     Visit,
-    open_path,
     open_rule_root,
+    present_keys,
     walk,
 )
 
@@ -351,44 +351,6 @@ class FilesTarget:
         return present_keys(self._open(), keys)
 
 
-def present_keys(root: Root, keys: Sequence[bytes]) -> set[bytes]:
-    """The keys (paths relative to `root`) that still exist; closes `root`.
-
-    When a path cannot be checked (a directory unreadable or swapped for a symlink), it counts as
-    present: the ledger must not claim a deletion nobody can confirm.
-    """
-    present: set[bytes] = set()
-    dirs: dict[bytes, DirHandle | None] = {}
-    tally = Tally()
-    try:
-        for key in keys:
-            dir_part, _, name = key.rpartition(b"/")
-            if dir_part not in dirs:
-                vanished = tally.vanished
-                parts = [os.fsdecode(p) for p in dir_part.split(b"/")] if dir_part else []
-                handle = open_path(root, parts, tally)
-                if handle is None and tally.vanished == vanished:
-                    present.add(key)  # cannot look: do not claim it gone
-                    continue
-                dirs[dir_part] = handle
-            handle = dirs[dir_part]
-            if handle is None:
-                continue
-            try:
-                os.stat(os.fsdecode(name), dir_fd=handle.fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            except OSError:
-                pass
-            present.add(key)
-    finally:
-        for handle in dirs.values():
-            if handle is not None:
-                handle.release()
-        root.handle.release()
-    return present
-
-
 def files_rule(context: TargetContext) -> FileRule:
     """Compile a files rule from its context; config problems become RuleErrors naming the key."""
     rule = context.rule
@@ -416,8 +378,6 @@ def make_files_target(context: TargetContext) -> Target:
     """The target of a rule on a files store: expired files (delete) or a directory copy (drop)."""
     action = context.rule.action
     if action == "drop":
-        from retentiond.stores.filecopy import make_copy_target
-
         return make_copy_target(context)
     if action != "delete":
         raise RuleError(f'rule {context.rule.name}: action "{action}" does not apply to files')

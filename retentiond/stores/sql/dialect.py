@@ -2,7 +2,7 @@
 
 A dialect knows its server's clock, its session limits (lock and statement timeouts), how to walk a
 table cheaply, how to find the foreign keys that reference a table, and which of its errors are
-transient. The generic code in sql.py and sql_batch.py never needs to know which database it talks to.
+transient. The generic code in target.py and batch.py never needs to know which database it talks to.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
 from retentiond.errors import RuleError
-from retentiond.stores.sql_table import RowTable, encode_keys
-from retentiond.stores.sql_walk import BatchSizer, KeysetWalker, Walker, int_range_walker
+from retentiond.stores.sql.table import RowTable, encode_keys
+from retentiond.stores.sql.walk import BatchSizer, KeysetWalker, Walker, int_range_walker
 
 TRANSIENT = "transient"
 TIMEOUT = "timeout"  # a lock or statement timeout: retry with a smaller batch

@@ -20,10 +20,10 @@ from sqlalchemy.engine import Connection, Engine
 from retentiond.config.secrets import store_url
 from retentiond.engine import BatchJournal, Outcome, Plan, Target, TargetContext
 from retentiond.errors import RuleError
-from retentiond.stores.sql_batch import BatchRunner
-from retentiond.stores.sql_cascade import CascadeNode, build_cascade
-from retentiond.stores.sql_dialect import TIMEOUT, Layout, SqlDialect
-from retentiond.stores.sql_table import (
+from retentiond.stores.sql.batch import BatchRunner
+from retentiond.stores.sql.cascade import CascadeNode, build_cascade
+from retentiond.stores.sql.dialect import TIMEOUT, Layout, SqlDialect
+from retentiond.stores.sql.table import (
     RowTable,
     build_row_table,
     decode_key,
@@ -41,15 +41,15 @@ _PRESENCE_CHUNK = 1000
 
 def _dialect_class(backend: str) -> type[SqlDialect]:
     if backend == "postgresql":
-        from retentiond.stores.postgres import PostgresDialect
+        from retentiond.stores.sql.postgres import PostgresDialect
 
         return PostgresDialect
     if backend in ("mysql", "mariadb"):
-        from retentiond.stores.mysql import MysqlDialect
+        from retentiond.stores.sql.mysql import MysqlDialect
 
         return MysqlDialect
     if backend == "sqlite":
-        from retentiond.stores.sqlite import SqliteDialect
+        from retentiond.stores.sql.sqlite import SqliteDialect
 
         return SqliteDialect
     raise RuleError(f"database {backend} is not supported (PostgreSQL, MySQL/MariaDB, SQLite)")
@@ -69,7 +69,7 @@ def make_sql_target(context: TargetContext) -> Target:
     """The target applying `context.rule` (delete, mask or drop) to its SQL store."""
     engine, dialect = connect_store(context)
     if context.rule.action == "drop":
-        from retentiond.stores.sql_copy import CopyTarget
+        from retentiond.stores.sql.copies import CopyTarget
 
         return CopyTarget(context, engine, dialect)
     if context.rule.action in ("delete", "mask"):

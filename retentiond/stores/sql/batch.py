@@ -30,21 +30,21 @@ from tenacity import (
 
 from retentiond.engine import BatchJournal
 from retentiond.errors import RuleError, describe_error
-from retentiond.stores.sql_cascade import (
+from retentiond.stores.sql.cascade import (
     BatchMismatch,
     CascadeNode,
     referred_columns,
     remove_dependents,
 )
-from retentiond.stores.sql_dialect import (
+from retentiond.stores.sql.dialect import (
     TIMEOUT,
     WRITE_OPTION,
     ContainerDrop,
     ContainerFallback,
     SqlDialect,
 )
-from retentiond.stores.sql_table import RowTable, encode_keys, key_match
-from retentiond.stores.sql_walk import BatchSizer
+from retentiond.stores.sql.table import RowTable, encode_keys, key_match
+from retentiond.stores.sql.walk import BatchSizer
 
 _ATTEMPTS = 6
 _DROP_ATTEMPTS = 3  # an exclusive lock the application keeps refusing: fall back sooner

@@ -18,9 +18,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from retentiond.errors import RuleError
-from retentiond.stores.sql_dialect import TIMEOUT, WRITE_OPTION, SqlDialect
-from retentiond.stores.sql_table import RowTable
-from retentiond.stores.sql_walk import Walker, int_range_walker
+from retentiond.stores.sql.dialect import TIMEOUT, WRITE_OPTION, SqlDialect
+from retentiond.stores.sql.table import RowTable
+from retentiond.stores.sql.walk import Walker, int_range_walker
 
 # rowid is SQLite's fixed name for the implicit row identifier, never user input.
 ROWID = literal_column("rowid", Integer())

@@ -18,7 +18,7 @@ from sqlalchemy import Table, TableClause, event, text
 from sqlalchemy.engine import Connection
 
 from retentiond.errors import RuleError
-from retentiond.stores.sql_dialect import TIMEOUT, TRANSIENT, ForeignKeyRef, SqlDialect
+from retentiond.stores.sql.dialect import TIMEOUT, TRANSIENT, ForeignKeyRef, SqlDialect
 
 # Lock wait timeout, deadlock; MariaDB and MySQL statement timeouts; lost connections.
 _TIMEOUTS = {1205, 1969, 3024}

@@ -18,7 +18,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from retentiond.stores.filestat import NoBirthTime, StatCall, StatLike, mount_id
+from retentiond.stores.files.stats import NoBirthTime, StatCall, StatLike, mount_id
 
 _ZEROS = bytes(1 << 20)
 

@@ -9,6 +9,9 @@ has the same device number but another mount id).
 
 The walk streams: it holds one descriptor per level of depth and, per level, the names of the
 subdirectories still to visit; never the list of files.
+
+The paths a journal recorded are looked up the same way (`present_keys`), so that a file target and
+a copy target confirm what is gone with the same checks.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retentiond.errors import RuleError
-from retentiond.stores.filestat import mount_id
+from retentiond.stores.files.stats import mount_id
 
 # os.open makes descriptors non-inheritable already; O_CLOEXEC says so at the call.
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -304,6 +307,44 @@ def open_path(root: Root, parts: Sequence[str], tally: Tally) -> DirHandle | Non
     if handle is root.handle:
         handle.retain()
     return handle
+
+
+def present_keys(root: Root, keys: Sequence[bytes]) -> set[bytes]:
+    """The keys (paths relative to `root`) that still exist; closes `root`.
+
+    When a path cannot be checked (a directory unreadable or swapped for a symlink), it counts as
+    present: the ledger must not claim a deletion nobody can confirm.
+    """
+    present: set[bytes] = set()
+    dirs: dict[bytes, DirHandle | None] = {}
+    tally = Tally()
+    try:
+        for key in keys:
+            dir_part, _, name = key.rpartition(b"/")
+            if dir_part not in dirs:
+                vanished = tally.vanished
+                parts = [os.fsdecode(p) for p in dir_part.split(b"/")] if dir_part else []
+                handle = open_path(root, parts, tally)
+                if handle is None and tally.vanished == vanished:
+                    present.add(key)  # cannot look: do not claim it gone
+                    continue
+                dirs[dir_part] = handle
+            handle = dirs[dir_part]
+            if handle is None:
+                continue
+            try:
+                os.stat(os.fsdecode(name), dir_fd=handle.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                pass
+            present.add(key)
+    finally:
+        for handle in dirs.values():
+            if handle is not None:
+                handle.release()
+        root.handle.release()
+    return present
 
 
 def open_rule_root(root: Path, rule: str, store: str | None) -> Root:

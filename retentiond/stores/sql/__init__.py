@@ -1,0 +1,1 @@
+"""SQL stores: row rules and dropped copies on PostgreSQL, MySQL/MariaDB and SQLite."""
