@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tests.configs import lab_results_rule, lims_store, max_fraction_line
@@ -29,6 +31,44 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def lab_results_sqlite(db: Path, rows: int, expired_every: int = 2) -> None:
+    """A `results` table in the SQLite database `db` where one row in `expired_every` is 400
+    days old, the rest new."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    old, recent = (now - timedelta(days=400)).isoformat(" "), now.isoformat(" ")
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE results (id INTEGER PRIMARY KEY, patient_id INTEGER, "
+            "validated_at TIMESTAMP NOT NULL, value TEXT)"
+        )
+        conn.executemany(
+            "INSERT INTO results VALUES (?, ?, ?, ?)",
+            (
+                (i, i % 997, old if i % expired_every == 0 else recent, "v" * 40)
+                for i in range(rows)
+            ),
+        )
+
+
+def slow_deletes(db: Path) -> None:
+    """Each row deleted from `results` fires a trigger that reads a filler table (an audit
+    trigger does work like it), so a purge lasts as long as a test needs however fast the
+    machine; batches stay within their budget, so a stop still comes quickly."""
+    with sqlite3.connect(db, timeout=10) as conn:
+        conn.execute("CREATE TABLE filler (x INTEGER)")
+        conn.executemany("INSERT INTO filler VALUES (?)", ((i,) for i in range(20_000)))
+        conn.execute(
+            "CREATE TRIGGER slow_delete AFTER DELETE ON results "
+            "BEGIN SELECT count(*) FROM filler WHERE x >= 0; END"
+        )
+
+
+def fast_deletes(db: Path) -> None:
+    """Drop the trigger of `slow_deletes`."""
+    with sqlite3.connect(db, timeout=10) as conn:
+        conn.execute("DROP TRIGGER slow_delete")
 
 
 def write_daemon_config(

@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -25,44 +25,19 @@ from tests.daemon_support import (
     all_kinds,
     cli,
     cli_env,
+    fast_deletes,
     free_port,
+    lab_results_sqlite,
+    slow_deletes,
     write_daemon_config,
 )
 
 BIG = 300_000  # rows: at a 5 ms batch budget, a purge of half of them lasts several seconds
 
 
-def _slow_down(directory: Path) -> None:
-    """Each deleted row fires a trigger that reads a filler table (an audit trigger does work
-    like it), so a purge lasts as long as the test needs however fast the machine."""
-    with sqlite3.connect(directory / "lims.db", timeout=10) as conn:
-        conn.execute("CREATE TABLE filler (x INTEGER)")
-        conn.executemany("INSERT INTO filler VALUES (?)", ((i,) for i in range(20_000)))
-        conn.execute(
-            "CREATE TRIGGER slow_delete AFTER DELETE ON results "
-            "BEGIN SELECT count(*) FROM filler WHERE x >= 0; END"
-        )
-
-
-def _speed_up(directory: Path) -> None:
-    """Drop the trigger of `_slow_down`: a stopping run ends its batch quickly."""
-    with sqlite3.connect(directory / "lims.db", timeout=10) as conn:
-        conn.execute("DROP TRIGGER slow_delete")
-
-
 def _lab(directory: Path, rows: int) -> None:
     """A results table where every even row is 400 days old; an old and a new export."""
-    now = datetime.now(UTC).replace(tzinfo=None)
-    old, recent = (now - timedelta(days=400)).isoformat(" "), now.isoformat(" ")
-    with sqlite3.connect(directory / "lims.db") as conn:
-        conn.execute(
-            "CREATE TABLE results (id INTEGER PRIMARY KEY, patient_id INTEGER, "
-            "validated_at TIMESTAMP NOT NULL, value TEXT)"
-        )
-        conn.executemany(
-            "INSERT INTO results VALUES (?, ?, ?, ?)",
-            ((i, i % 997, old if i % 2 == 0 else recent, "v" * 40) for i in range(rows)),
-        )
+    lab_results_sqlite(directory / "lims.db", rows)
     transfer = directory / "transfer"
     transfer.mkdir()
     month_ago = time.time() - 30 * 86400
@@ -148,7 +123,7 @@ def _wait_purging(directory: Path, process: subprocess.Popen[str] | DaemonProces
 
 def test_apply_does_not_run_a_rule_a_daemon_is_running(tmp_path: Path) -> None:
     config, port = _setup(tmp_path, BIG, "every 1h")
-    _slow_down(tmp_path)
+    slow_deletes(tmp_path / "lims.db")
     daemon = DaemonProcess(config, port)
     try:
         _wait_purging(tmp_path, daemon)
@@ -158,7 +133,7 @@ def test_apply_does_not_run_a_rule_a_daemon_is_running(tmp_path: Path) -> None:
         every = _start_apply(config, "--json")
         every_out, every_err = every.communicate(timeout=60)
         assert _rows(tmp_path) > BIG // 2, "the daemon's purge ended too soon"
-        _speed_up(tmp_path)
+        fast_deletes(tmp_path / "lims.db")
         code, _ = daemon.stop()
     finally:
         daemon.close()
@@ -210,7 +185,7 @@ def test_apply_releases_its_lease_and_a_daemon_takes_the_next_slot(tmp_path: Pat
 def test_a_run_longer_than_its_lease_keeps_it_and_sigterm_releases_it(tmp_path: Path) -> None:
     # "every 10s": a lease of 5 s, renewed every third of it while the run goes on.
     config, _ = _setup(tmp_path, BIG, "every 10s")
-    _slow_down(tmp_path)
+    slow_deletes(tmp_path / "lims.db")
     first = _start_apply(config, "--rule", "lab-results")
     try:
         _wait_purging(tmp_path, first)
@@ -227,7 +202,7 @@ def test_a_run_longer_than_its_lease_keeps_it_and_sigterm_releases_it(tmp_path: 
         assert second.returncode == 1, out + err
         assert f"rule lab-results: not run: {_owner(first.pid)} is running it" in err
         assert first.poll() is None, "make the purge longer"
-        _speed_up(tmp_path)
+        fast_deletes(tmp_path / "lims.db")
         stopped = time.monotonic()
         first.send_signal(signal.SIGTERM)
         out, err = first.communicate(timeout=30)

@@ -5,36 +5,24 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from tests.configs import lab_results_rule, lims_store
-from tests.daemon_support import DaemonProcess, cli, free_port, write_daemon_config
+from tests.daemon_support import (
+    DaemonProcess,
+    cli,
+    free_port,
+    lab_results_sqlite,
+    slow_deletes,
+    write_daemon_config,
+)
 
 
 def _lab_rule(db: Path) -> str:
     """The `lims` store on the SQLite database `db` and its lab-results rule."""
     return lims_store(f"sqlite:///{db}") + lab_results_rule(max_fraction=0.9)
-
-
-def _lab(db: Path, rows: int, expired_every: int = 2) -> None:
-    """A results table where one row in `expired_every` is 400 days old."""
-    now = datetime.now(UTC).replace(tzinfo=None)
-    old, recent = (now - timedelta(days=400)).isoformat(" "), now.isoformat(" ")
-    with sqlite3.connect(db) as conn:
-        conn.execute(
-            "CREATE TABLE results (id INTEGER PRIMARY KEY, patient_id INTEGER, "
-            "validated_at TIMESTAMP NOT NULL, value TEXT)"
-        )
-        conn.executemany(
-            "INSERT INTO results VALUES (?, ?, ?, ?)",
-            (
-                (i, i % 997, old if i % expired_every == 0 else recent, "v" * 40)
-                for i in range(rows)
-            ),
-        )
 
 
 def _count(db: Path) -> int:
@@ -56,7 +44,8 @@ def _ledger(state_db: Path) -> list[dict[str, object]]:
 def test_sigterm_ends_the_batch_records_it_and_exits_quickly(tmp_path: Path) -> None:
     db = tmp_path / "lims.db"
     rows = 300_000
-    _lab(db, rows)
+    lab_results_sqlite(db, rows)
+    slow_deletes(db)  # the purge must still be running when the test acts
     port = free_port()
     config = write_daemon_config(
         tmp_path, _lab_rule(db), port=port, daemon_extra="batch_budget_ms = 20"
@@ -111,7 +100,7 @@ def test_a_failing_rule_is_retried_at_its_next_slot(tmp_path: Path) -> None:
         )
         errors = [e for e in _ledger(tmp_path / "state.db") if e["kind"] == "error"]
         assert errors and {e["rule"] for e in errors} == {"lab-results"}
-        _lab(db, 100)  # the admin fixes it; the next slot (10 s at most) succeeds
+        lab_results_sqlite(db, 100)  # the admin fixes it; the next slot (10 s at most) succeeds
         daemon.wait_metric(
             "retentiond_rows_deleted_total", lambda v: v == 50, timeout=20, rule="lab-results"
         )
@@ -132,7 +121,8 @@ def test_a_failing_rule_is_retried_at_its_next_slot(tmp_path: Path) -> None:
 def test_a_run_killed_mid_purge_is_reconciled_at_the_next_start(tmp_path: Path) -> None:
     db = tmp_path / "lims.db"
     rows = 300_000
-    _lab(db, rows)
+    lab_results_sqlite(db, rows)
+    slow_deletes(db)  # the purge must still be running when the test acts
     port = free_port()
     config = write_daemon_config(
         tmp_path,
