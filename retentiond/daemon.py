@@ -205,7 +205,7 @@ class Daemon:
 
     def _log_failure(self, exc: BaseException) -> None:
         """Log a failed cycle; the same failure again only once a minute, not every cycle."""
-        text = _describe(exc)
+        text = describe_error(exc)
         if isinstance(exc, SQLAlchemyError):
             # Every database the cycle touches is the state database.
             text = f"the state database failed: {text}; retrying"
@@ -348,7 +348,7 @@ class Daemon:
             self._count(report)
             self._checkpoint()
         except Exception as exc:  # the run's boundary: one rule never stops others
-            log.error("rule %s: %s", name, _describe(exc))
+            log.error("rule %s: %s", name, describe_error(exc))
             log.debug("rule %s failure details", name, exc_info=True)
         finally:
             with item.guard:
@@ -473,7 +473,9 @@ class Daemon:
         try:
             settled = runner.reconcile(rules={name}, gone_owners=lease.gone_owners())
         except Exception as exc:  # the reconcile's boundary
-            log.error("rule %s: cannot reconcile an interrupted run yet: %s", name, _describe(exc))
+            log.error(
+                "rule %s: cannot reconcile an interrupted run yet: %s", name, describe_error(exc)
+            )
             return
         if settled:
             log.warning("rule %s: %d interrupted run(s) reconciled", name, len(settled))
@@ -497,7 +499,7 @@ class Daemon:
             if loaded.config.metrics != old.config.metrics:
                 server = self._reconfigure_server(loaded.config)
         except (RetentiondError, OSError) as exc:
-            lines = exc.messages if isinstance(exc, ConfigError) else [_describe(exc)]
+            lines = exc.messages if isinstance(exc, ConfigError) else [describe_error(exc)]
             for line in lines:
                 log.error("reload refused, the running config is kept: %s", line)
             self.metrics.config_loaded(False, self.clock())
@@ -578,12 +580,6 @@ def _trim_memory() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)
-
-
-def _describe(exc: BaseException) -> str:
-    """Our own messages are free of personal data; a driver's may quote row values: its class
-    and code only."""
-    return describe_error(exc)
 
 
 def run_daemon(config_path: Path | None) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 
 from retentiond.engine import HoldSpec
 from retentiond.stores.files import survey as filesurvey
-from retentiond.stores.files.selection import make_selection
+from retentiond.stores.files.selection import Selection, make_selection
 from retentiond.stores.files.stats import age_reader
 from retentiond.stores.files.walk import open_root
 from tests.files_support import seed
@@ -34,6 +34,11 @@ def _survey(root: Path, processes: int) -> dict[str, object]:
         [HoldSpec(reason="court", path_prefix="held/")],
         PurePosixPath(root),
     )
+    return _surveyed(root, selection, processes)
+
+
+def _surveyed(root: Path, selection: Selection, processes: int) -> dict[str, object]:
+    """The survey of `root` for `selection` (files older than 30 days expired), as a dict."""
     handle = open_root(root)
     try:
         survey = filesurvey.survey_split(handle, selection, "mtime", _days_ago(30), processes)
@@ -85,13 +90,7 @@ def _layered_tree(root: Path) -> None:
 
 
 def _count(root: Path, glob: str, processes: int) -> dict[str, object]:
-    selection = make_selection(glob, [], [], PurePosixPath(root))
-    handle = open_root(root)
-    try:
-        survey = filesurvey.survey_split(handle, selection, "mtime", _days_ago(30), processes)
-    finally:
-        handle.handle.release()
-    return asdict(survey)
+    return _surveyed(root, make_selection(glob, [], [], PurePosixPath(root)), processes)
 
 
 def test_a_split_counts_what_each_level_holds_once(tmp_path: Path) -> None:

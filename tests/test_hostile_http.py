@@ -112,6 +112,17 @@ class Findings:
     reconnects: int = 0  # idle peers dropped by the server to make room
     errors: list[str] = field(default_factory=list)
 
+    def reply(self, peer: socket.socket) -> bytes:
+        """What `peer` reads next (nothing once the server closed it); metric data in it, sent
+        to a peer that never made a valid request, is a leak."""
+        try:
+            data = peer.recv(4096)
+        except OSError:
+            data = b""
+        if b"retentiond_" in data:
+            self.leaked.append(data[:200].decode(errors="replace"))
+        return data
+
 
 def _wrong_passwords(port: int, stop: threading.Event, found: Findings) -> None:
     while not stop.is_set():
@@ -140,13 +151,11 @@ def _slowloris(port: int, found: Findings) -> None:
             try:
                 peer.sendall(b"a")  # one byte per second
                 readable, _, _ = select.select([peer], [], [], 0)
-                reply = peer.recv(4096) if readable else None
             except OSError:
-                reply = b""
-            if reply is None:
+                readable = [peer]  # cut off: what is left to read says how
+            if not readable:
                 continue
-            if b"retentiond_" in reply:
-                found.leaked.append(reply[:200].decode(errors="replace"))
+            found.reply(peer)
             found.slow_cut.append(time.monotonic() - began)
             alive.remove((peer, began))
             peer.close()
@@ -160,12 +169,7 @@ def _idle_flood(port: int, stop: threading.Event, found: Findings) -> None:
         while not stop.is_set():
             readable, _, _ = select.select(peers, [], [], 0.2)
             for peer in readable:
-                try:
-                    data = peer.recv(4096)
-                except OSError:
-                    data = b""
-                if b"retentiond_" in data:
-                    found.leaked.append(data[:200].decode(errors="replace"))
+                found.reply(peer)
                 peers.remove(peer)
                 peer.close()
                 found.reconnects += 1
@@ -186,12 +190,7 @@ def _oversized(port: int, found: Findings) -> None:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as peer:
             with contextlib.suppress(OSError):  # the server may stop reading and close
                 peer.sendall(request)
-            try:
-                reply = peer.recv(4096)
-            except OSError:
-                reply = b""
-        if b"retentiond_" in reply:
-            found.leaked.append(reply[:200].decode(errors="replace"))
+            reply = found.reply(peer)
         found.oversized.append(reply.split(b"\r\n", 1)[0].decode(errors="replace") or "closed")
 
 

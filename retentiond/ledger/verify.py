@@ -43,7 +43,7 @@ the one published by the ledger's owner.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,19 +210,41 @@ def _state_reader(url: URL) -> Callable[[], Reader]:
     return open_reader
 
 
+def _hash_shared(
+    shared: bool,
+    spans: Iterable[Span],
+    open_reader: Callable[[], Reader],
+    serial: Iterable[list[bytes]],
+    at_sizes: set[int],
+    fanout: Fanout,
+    report: Report,
+) -> tuple[CompactRange, dict[int, bytes]]:
+    """The tree hashed by worker processes over `spans` when `shared` says they pay, otherwise
+    (or when the fan-out gives up) in one pass over `serial`. Both iterables are lazy: only the
+    one used is read."""
+    if shared:
+        hashed = hash_spans(spans, open_reader, fanout=fanout, at_sizes=at_sizes)
+        if hashed is not None:
+            report.processes = fanout.workers
+            return hashed
+    return hash_tree(serial, at_sizes=at_sizes)
+
+
 def _hash_covered(
     conn: Connection, covered: int, sizes: set[int], fanout: Fanout, report: Report
 ) -> tuple[CompactRange, dict[int, bytes]]:
     """The tree of the entries below `covered` (those checkpoints cover): hashing only."""
     url = conn.engine.url
     separate = url.get_backend_name() != "sqlite" or url.database not in (None, "", ":memory:")
-    if separate and fanout.worth(covered):
-        spans = spans_of(covered, fanout.block)
-        hashed = hash_spans(spans, _state_reader(url), fanout=fanout, at_sizes=sizes)
-        if hashed is not None:
-            report.processes = fanout.workers
-            return hashed
-    return hash_tree(leaf_input_batches(conn, 0, covered), at_sizes=sizes)
+    return _hash_shared(
+        separate and fanout.worth(covered),
+        spans_of(covered, fanout.block),
+        _state_reader(url),
+        leaf_input_batches(conn, 0, covered),
+        sizes,
+        fanout,
+        report,
+    )
 
 
 def verify_state(
@@ -375,13 +397,15 @@ def _hash_export(
 ) -> tuple[CompactRange, dict[int, bytes]]:
     """The tree of every line of entries.jsonl: hashing only."""
     # The size tells whether workers pay: lines are counted only while the workers hash.
-    if fanout.worth(path.stat().st_size // _ENTRY_BYTES):
-        spans = export_spans(path, fanout.block)
-        hashed = hash_spans(spans, _export_reader(path), fanout=fanout, at_sizes=at_sizes)
-        if hashed is not None:
-            report.processes = fanout.workers
-            return hashed
-    return hash_tree(export_leaf_inputs(path), at_sizes=at_sizes)
+    return _hash_shared(
+        fanout.worth(path.stat().st_size // _ENTRY_BYTES),
+        export_spans(path, fanout.block),
+        _export_reader(path),
+        export_leaf_inputs(path),
+        at_sizes,
+        fanout,
+        report,
+    )
 
 
 def _export_rows(path: Path) -> Iterator[tuple[int, bytes, bytes | None]]:
